@@ -1,0 +1,17 @@
+"""caffeish: Caffe's prototxt-driven workflow on numpy (CPU) and CuPy (GPU).
+
+The names here follow pycaffe, so ``import caffeish as caffe`` runs existing
+pycaffe scripts: ``caffe.Net(prototxt, caffe.TEST)``, ``caffe.set_mode_cpu()``.
+"""
+from . import layers as _layers  # noqa: F401  (registers every layer type)
+from .backend import set_device, set_mode_cpu, set_mode_gpu, set_random_seed
+from .blob import Blob
+from .errors import CaffeishError
+from .layer import Layer, register_layer
+from .net import TEST, TRAIN, Net
+from .proto import caffe_pb2
+
+__version__ = "0.1.0"
+
+__all__ = ["Blob", "CaffeishError", "Layer", "Net", "TEST", "TRAIN", "caffe_pb2", "register_layer",
+           "set_device", "set_mode_cpu", "set_mode_gpu", "set_random_seed"]

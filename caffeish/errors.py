@@ -1,0 +1,39 @@
+"""The one exception type for user mistakes.
+
+A ``CaffeishError`` carries a one-paragraph message that names what is at fault
+(file and line, layer, blob).  The CLI prints the message and exits 1; only
+``--debug`` shows the traceback.  Programming errors are never turned into it.
+"""
+
+
+class CaffeishError(Exception):
+    """A mistake in the user's input: a prototxt, a shape, a file, a flag."""
+
+    def __init__(self, message, *, layer=None, layer_type=None, path=None):
+        self.layer = layer
+        self.layer_type = layer_type
+        self.path = path
+        self.reason = message
+        super().__init__(self._compose())
+
+    def _compose(self):
+        where = []
+        if self.path:
+            where.append(str(self.path))
+        if self.layer is not None:
+            kind = f" (type {self.layer_type})" if self.layer_type else ""
+            where.append(f"layer '{self.layer}'{kind}")
+        return (", ".join(where) + ": " if where else "") + self.reason
+
+    def in_layer(self, name, layer_type=None):
+        """The same error, attributed to a layer (keeps an existing attribution)."""
+        if self.layer is None:
+            self.layer, self.layer_type = name, layer_type
+            self.args = (self._compose(),)
+        return self
+
+
+def check(condition, message):
+    """Raise ``CaffeishError(message)`` unless ``condition`` holds."""
+    if not condition:
+        raise CaffeishError(message)

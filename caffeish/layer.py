@@ -1,0 +1,165 @@
+"""The Layer base class: Caffe's contract, in Python.
+
+A layer overrides only ``layer_setup`` (once), ``reshape`` (shapes of tops and
+internal buffers), ``forward`` and ``backward``.  ``setup`` -- the base class's
+-- checks the declared bottom/top counts, calls those two, and sets the loss
+weights.  ``backward(top, propagate_down, bottom)`` overwrites ``bottom[i].diff``
+where ``propagate_down[i]`` (fan-out has been made explicit by Split layers) and
+accumulates (+=) into ``self.blobs[j].diff`` where ``param_propagate_down[j]``,
+which is what makes weight sharing and gradient accumulation work.
+
+Layers must read parameters through ``self.blobs[j].data`` on every call, never
+cache the arrays: weight sharing swaps the buffers after setup.
+"""
+import numpy
+
+from .blob import Blob
+from .errors import CaffeishError
+from .registry import Registry
+
+LAYERS = Registry("layer")
+
+
+def register_layer(type_name):
+    """Class decorator registering a Layer subclass under Caffe's type string."""
+    def deco(cls):
+        cls.type_name = type_name
+        return LAYERS.register(type_name)(cls)
+    return deco
+
+
+def create_layer(layer_param, dtype=numpy.float32):
+    """Instantiate the registered class for ``layer_param.type``."""
+    cls = LAYERS.get(layer_param.type, context=f"layer '{layer_param.name}'")
+    return cls(layer_param, dtype=dtype)
+
+
+class Layer:
+    #: Declared blob counts (None = unconstrained), as Caffe's ExactNumBottomBlobs() etc.
+    exact_num_bottom = None
+    min_bottom = None
+    max_bottom = None
+    exact_num_top = None
+    min_top = None
+    max_top = None
+    equal_num_bottom_top = False
+    #: Loss layers give their first top weight 1 unless the prototxt says otherwise.
+    default_loss_weight = 0.0
+    type_name = "Layer"
+
+    def __init__(self, param, dtype=numpy.float32):
+        self.param = param
+        self.name = param.name
+        self.phase = param.phase
+        self.dtype = numpy.dtype(dtype)
+        # Weights stored in the prototxt itself (rare, but Caffe honours them).
+        self.blobs = [Blob.from_proto_new(b, dtype=self.dtype, name=f"{self.name}[{i}]")
+                      for i, b in enumerate(param.blobs)]
+        self.param_propagate_down = [True] * len(self.blobs)
+        self.loss_weights = []
+
+    @property
+    def type(self):
+        return self.type_name
+
+    # -- the four methods a layer overrides -------------------------------------
+    def layer_setup(self, bottom, top):
+        """One-time setup: read ``self.param``, create ``self.blobs``."""
+
+    def reshape(self, bottom, top):
+        raise NotImplementedError(f"{type(self).__name__}.reshape")
+
+    def forward(self, bottom, top):
+        raise NotImplementedError(f"{type(self).__name__}.forward")
+
+    def backward(self, top, propagate_down, bottom):
+        raise NotImplementedError(f"{type(self).__name__}.backward")
+
+    #: False for layers whose backward does nothing (data layers, Accuracy, ...).
+    has_backward = True
+
+    def allow_force_backward(self, bottom_index):
+        return True
+
+    # -- driven by Net --------------------------------------------------------
+    def setup(self, bottom, top):
+        self.check_blob_counts(bottom, top)
+        self.layer_setup(bottom, top)
+        if len(self.param_propagate_down) != len(self.blobs):
+            self.param_propagate_down = [True] * len(self.blobs)
+        self.reshape(bottom, top)
+        self.set_loss_weights(top)
+
+    def Forward(self, bottom, top):
+        """Reshape, forward, and return this layer's weighted loss."""
+        self.reshape(bottom, top)
+        self.forward(bottom, top)
+        loss = 0.0
+        for blob, weight in zip(top, self.loss_weights):
+            if weight:
+                loss += weight * float(blob.data.sum())
+        return loss
+
+    def Backward(self, top, propagate_down, bottom):
+        if self.has_backward:
+            self.backward(top, propagate_down, bottom)
+
+    def set_loss_weights(self, top):
+        weights = list(self.param.loss_weight)
+        if weights and len(weights) != len(top):
+            raise CaffeishError(f"loss_weight must be given once per top blob: {len(weights)} given, {len(top)} tops")
+        if not weights and self.default_loss_weight and top:
+            weights = [self.default_loss_weight] + [0.0] * (len(top) - 1)
+        self.loss_weights = weights + [0.0] * (len(top) - len(weights))
+
+    def loss(self, top_index):
+        return self.loss_weights[top_index] if top_index < len(self.loss_weights) else 0.0
+
+    def check_blob_counts(self, bottom, top):
+        nb, nt = len(bottom), len(top)
+
+        def need(count, what, blobs, how):
+            raise CaffeishError(f"{self.type} layer takes {how} {count} {what} blob(s), but {len(blobs)} given")
+        if self.exact_num_bottom is not None and nb != self.exact_num_bottom:
+            need(self.exact_num_bottom, "bottom", bottom, "exactly")
+        if self.min_bottom is not None and nb < self.min_bottom:
+            need(self.min_bottom, "bottom", bottom, "at least")
+        if self.max_bottom is not None and nb > self.max_bottom:
+            need(self.max_bottom, "bottom", bottom, "at most")
+        if self.exact_num_top is not None and nt != self.exact_num_top:
+            need(self.exact_num_top, "top", top, "exactly")
+        if self.min_top is not None and nt < self.min_top:
+            need(self.min_top, "top", top, "at least")
+        if self.max_top is not None and nt > self.max_top:
+            need(self.max_top, "top", top, "at most")
+        if self.equal_num_bottom_top and nb != nt:
+            raise CaffeishError(f"{self.type} layer needs as many top blobs as bottom blobs ({nb} bottom, {nt} top)")
+
+    def __repr__(self):
+        return f"<{self.type} layer '{self.name}'>"
+
+
+class NeuronLayer(Layer):
+    """One bottom, one top of the same shape; may run in place."""
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def reshape(self, bottom, top):
+        if top[0] is not bottom[0]:
+            top[0].reshape(bottom[0].shape)
+
+
+class LossLayer(Layer):
+    """Two or more bottoms (prediction, target...), one scalar top of weight 1."""
+    min_bottom = 2
+    exact_num_top = 1
+    default_loss_weight = 1.0
+
+    def allow_force_backward(self, bottom_index):
+        return bottom_index != 1  # never into labels
+
+    def reshape(self, bottom, top):
+        if bottom[0].shape[:1] != bottom[1].shape[:1]:
+            raise CaffeishError(
+                f"the first axis of bottom[0] {bottom[0].shape} and bottom[1] {bottom[1].shape} must match (one label per example)")
+        top[0].reshape(())

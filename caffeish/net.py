@@ -1,0 +1,409 @@
+"""Net: a directed graph of layers built from a NetParameter, run forward and backward.
+
+Building follows Caffe's Net::Init: filter layers by the NetState, insert Split
+layers for fan-out, wire bottoms and tops (in place when a top names its
+bottom), set each layer up, share parameters by ParamSpec name, then walk the
+graph backwards to find which layers contribute to a loss and need backward.
+"""
+import logging
+from collections import OrderedDict
+
+import numpy
+
+from . import backend
+from .blob import Blob
+from .errors import CaffeishError
+from .layer import create_layer
+from .net_graph import filter_net, insert_splits
+from .proto import caffe_pb2
+from .prototxt import read_net_param, read_weights, write_binary_proto
+
+log = logging.getLogger("caffeish")
+
+TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
+
+
+class Net:
+    """A network for one phase.
+
+    ``Net(model, phase)``, ``Net(model, weights, phase)`` or
+    ``Net(model, phase, level=0, stages=(), weights=None)``, where ``model`` is a
+    prototxt path, prototxt text or a ``caffe_pb2.NetParameter``.
+    """
+
+    def __init__(self, model, *args, phase=None, level=None, stages=None, weights=None,
+                 dtype=numpy.float32, debug_info=None):
+        if args and isinstance(args[0], (str, bytes)) or (args and hasattr(args[0], "__fspath__")):
+            weights, args = args[0], args[1:]
+        if args:
+            phase = args[0]
+        if len(args) > 1:
+            raise TypeError("Net(model, [weights,] phase)")
+        self.source = model if isinstance(model, str) and "\n" not in model else None
+        param = read_net_param(model)
+        self._build(param, phase, level, stages, numpy.dtype(dtype), debug_info)
+        if weights is not None:
+            self.copy_from(weights)
+
+    # -- building ---------------------------------------------------------------
+    def _build(self, in_param, phase, level, stages, dtype, debug_info):
+        state = caffe_pb2.NetState()
+        state.CopyFrom(in_param.state)
+        if phase is not None:
+            state.phase = phase
+        if level is not None:
+            state.level = level
+        if stages is not None:
+            del state.stage[:]
+            state.stage.extend(stages)
+        self.phase = state.phase
+        self.state = state
+        self.name = in_param.name
+        self.dtype = dtype
+        self.debug_info = in_param.debug_info if debug_info is None else debug_info
+        param = insert_splits(filter_net(_with_input_layers(in_param), state))
+        self.param = param
+
+        self.layers, self._layer_names = [], []
+        self.blobs = OrderedDict()
+        self.bottom_vecs, self.top_vecs = [], []
+        self.bottom_names, self.top_names = OrderedDict(), OrderedDict()
+        self.bottom_need_backward, self.layer_need_backward = [], []
+        self.blob_need_backward = {}
+        self.blob_loss_weights = {}
+        self._params, self._param_owners, self._param_display = [], [], []
+        self._param_names_index = {}
+        self.learnable_params, self.params_lr, self.params_weight_decay = [], [], []
+        self._has_lr, self._has_decay, self._learnable_index = [], [], []
+        self.inputs = []
+        available = OrderedDict()
+
+        for layer_id, lp in enumerate(param.layer):
+            lp = _with_phase(lp, self.phase)
+            try:
+                layer = create_layer(lp, dtype=dtype)
+            except CaffeishError as e:
+                raise e.in_layer(lp.name, lp.type) from None
+            if lp.propagate_down and len(lp.propagate_down) != len(lp.bottom):
+                raise CaffeishError(f"propagate_down is given {len(lp.propagate_down)} times but the layer has "
+                                    f"{len(lp.bottom)} bottoms", layer=lp.name, layer_type=lp.type)
+            bottoms, needs = [], []
+            need_backward = False
+            for j, name in enumerate(lp.bottom):
+                if name not in available:
+                    raise CaffeishError(f"unknown bottom blob '{name}' (bottom index {j}); no earlier layer "
+                                        "produces it, or an earlier layer already consumed it",
+                                        layer=lp.name, layer_type=lp.type)
+                del available[name]
+                blob = self.blobs[name]
+                need = self.blob_need_backward[name]
+                if lp.propagate_down:
+                    need = bool(lp.propagate_down[j])
+                bottoms.append(blob)
+                needs.append(need)
+                need_backward |= self.blob_need_backward[name]
+            tops = []
+            for j, name in enumerate(lp.top):
+                if j < len(lp.bottom) and lp.bottom[j] == name:
+                    blob = self.blobs[name]  # in place
+                elif name in self.blobs:
+                    raise CaffeishError(f"top blob '{name}' is produced by more than one layer",
+                                        layer=lp.name, layer_type=lp.type)
+                else:
+                    blob = Blob(dtype=dtype, name=name)
+                    self.blobs[name] = blob
+                    self.blob_need_backward[name] = False
+                    if lp.type == "Input":
+                        self.inputs.append(name)
+                tops.append(blob)
+                available[name] = blob
+            try:
+                layer.setup(bottoms, tops)
+            except CaffeishError as e:
+                raise e.in_layer(lp.name, lp.type) from None
+            except ValueError as e:  # numpy's word for shapes that do not fit
+                raise CaffeishError(f"shapes do not fit ({e}); bottom shapes: "
+                                    f"{[b.shape for b in bottoms]}", layer=lp.name, layer_type=lp.type) from e
+            for j, blob in enumerate(tops):
+                w = layer.loss(j)
+                if w:
+                    self.blob_loss_weights[blob.name] = w
+            log.debug("Setting up %s: tops %s", lp.name, [t.shape for t in tops])
+
+            for pid in range(len(layer.blobs)):
+                spec = lp.param[pid] if pid < len(lp.param) else caffe_pb2.ParamSpec()
+                param_need = spec.lr_mult != 0
+                need_backward |= param_need
+                layer.param_propagate_down[pid] = param_need
+            for pid in range(len(layer.blobs)):
+                self._append_param(lp, layer, layer_id, pid)
+
+            self.layers.append(layer)
+            self._layer_names.append(lp.name)
+            self.bottom_vecs.append(bottoms)
+            self.top_vecs.append(tops)
+            self.bottom_names[lp.name] = list(lp.bottom)
+            self.top_names[lp.name] = list(lp.top)
+            self.bottom_need_backward.append(needs)
+            self.layer_need_backward.append(need_backward and layer.has_backward or
+                                            (need_backward and bool(layer.blobs)))
+            if need_backward:
+                for blob in tops:
+                    self.blob_need_backward[blob.name] = True
+
+        self._prune_backward(param.force_backward)
+        self.outputs = list(available)
+        self._share_weights()
+        self.layer_dict = OrderedDict(zip(self._layer_names, self.layers))
+
+    def _append_param(self, lp, layer, layer_id, pid):
+        spec = lp.param[pid] if pid < len(lp.param) else None
+        name = spec.name if spec is not None else ""
+        net_pid = len(self._params)
+        blob = layer.blobs[pid]
+        self._params.append(blob)
+        self._param_display.append(name or f"{lp.name}[{pid}]")
+        if not name or name not in self._param_names_index:
+            self._param_owners.append(-1)
+            if name:
+                self._param_names_index[name] = net_pid
+            self._learnable_index.append(len(self.learnable_params))
+            self.learnable_params.append(blob)
+            self._has_lr.append(spec is not None and spec.HasField("lr_mult"))
+            self._has_decay.append(spec is not None and spec.HasField("decay_mult"))
+            self.params_lr.append(spec.lr_mult if spec is not None else 1.0)
+            self.params_weight_decay.append(spec.decay_mult if spec is not None else 1.0)
+            return
+        owner = self._param_names_index[name]
+        owner_blob = self._params[owner]
+        strict = spec.share_mode == caffe_pb2.ParamSpec.STRICT
+        if (strict and owner_blob.shape != blob.shape) or owner_blob.count != blob.count:
+            raise CaffeishError(f"cannot share parameter '{name}': its owner has shape {owner_blob.shape} but this "
+                                f"layer's param {pid} has shape {blob.shape}"
+                                + ("" if not strict else " (share_mode STRICT needs equal shapes)"),
+                                layer=lp.name, layer_type=lp.type)
+        self._param_owners.append(owner)
+        lid = self._learnable_index[owner]
+        self._learnable_index.append(lid)
+        for has, values, field in ((self._has_lr, self.params_lr, "lr_mult"),
+                                   (self._has_decay, self.params_weight_decay, "decay_mult")):
+            if spec.HasField(field):
+                value = getattr(spec, field)
+                if has[lid] and values[lid] != value:
+                    raise CaffeishError(f"shared parameter '{name}' has {field} {value} here but {values[lid]} "
+                                        "where it was first declared", layer=lp.name, layer_type=lp.type)
+                has[lid], values[lid] = True, value
+
+    def _share_weights(self):
+        for blob, owner in zip(self._params, self._param_owners):
+            if owner >= 0:
+                blob.share_data(self._params[owner])
+                blob.share_diff(self._params[owner])
+
+    def _prune_backward(self, force_backward):
+        """Skip backward for layers that feed no loss (Caffe's Net::Init second pass)."""
+        under_loss, skip = set(), set()
+        for lid in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[lid]
+            contributes, skip_down = False, True
+            for j, blob in enumerate(self.top_vecs[lid]):
+                if layer.loss(j) or blob.name in under_loss:
+                    contributes = True
+                if blob.name not in skip:
+                    skip_down = False
+            if self.layer_need_backward[lid] and skip_down:
+                self.layer_need_backward[lid] = False
+                self.bottom_need_backward[lid] = [False] * len(self.bottom_vecs[lid])
+            if not contributes:
+                self.layer_need_backward[lid] = False
+            for j, blob in enumerate(self.bottom_vecs[lid]):
+                if contributes:
+                    under_loss.add(blob.name)
+                else:
+                    self.bottom_need_backward[lid][j] = False
+                if not self.bottom_need_backward[lid][j]:
+                    skip.add(blob.name)
+        if force_backward:
+            for lid, layer in enumerate(self.layers):
+                self.layer_need_backward[lid] = layer.has_backward or bool(layer.blobs)
+                for j, blob in enumerate(self.bottom_vecs[lid]):
+                    need = self.bottom_need_backward[lid][j] or layer.allow_force_backward(j)
+                    self.bottom_need_backward[lid][j] = need
+                    self.blob_need_backward[blob.name] = self.blob_need_backward[blob.name] or need
+                layer.param_propagate_down = [True] * len(layer.blobs)
+
+    # -- running ----------------------------------------------------------------
+    def forward_prefilled(self, start=0, end=None):
+        """Run layers ``start..end`` (inclusive) and return the total weighted loss."""
+        end = len(self.layers) - 1 if end is None else end
+        loss = 0.0
+        for lid in range(start, end + 1):
+            layer = self.layers[lid]
+            try:
+                loss += layer.Forward(self.bottom_vecs[lid], self.top_vecs[lid])
+            except CaffeishError as e:
+                raise e.in_layer(layer.name, layer.type) from None
+            if self.debug_info:
+                self._log_forward(lid)
+        return loss
+
+    def backward_from_to(self, start=None, end=0):
+        start = len(self.layers) - 1 if start is None else start
+        for lid in range(start, end - 1, -1):
+            if not self.layer_need_backward[lid]:
+                continue
+            # Loss tops start the chain with their weight as the gradient.
+            for j, blob in enumerate(self.top_vecs[lid]):
+                w = self.layers[lid].loss(j)
+                if w:
+                    blob.diff[...] = w
+            self.layers[lid].Backward(self.top_vecs[lid], self.bottom_need_backward[lid], self.bottom_vecs[lid])
+            if self.debug_info:
+                self._log_backward(lid)
+
+    def forward(self, blobs=None, start=None, end=None, **inputs):
+        """pycaffe's Net.forward: set ``inputs`` (name=array), run, return {output: data}."""
+        for name, value in inputs.items():
+            if name not in self.blobs:
+                raise CaffeishError(f"forward(): '{name}' is not a blob of net '{self.name}'")
+            blob = self.blobs[name]
+            if tuple(numpy.shape(value)) != blob.shape:
+                blob.reshape(numpy.shape(value))
+            blob.data[...] = backend.to_current(value, blob.dtype)
+        start_id = self._layer_index(start) if start is not None else 0
+        end_id = self._layer_index(end) if end is not None else len(self.layers) - 1
+        self.forward_prefilled(start_id, end_id)
+        outs = set(blobs or ())
+        names = self.top_names[self._layer_names[end_id]] if end is not None else self.outputs
+        outs.update(names)
+        return {name: self.blobs[name].data for name in outs}
+
+    def backward(self, diffs=None, start=None, end=None, **top_diffs):
+        """pycaffe's Net.backward: optional output diffs by name; returns {input: diff}."""
+        for name, value in top_diffs.items():
+            self.blobs[name].diff[...] = backend.to_current(value, self.blobs[name].dtype)
+        start_id = self._layer_index(start) if start is not None else len(self.layers) - 1
+        end_id = self._layer_index(end) if end is not None else 0
+        self.backward_from_to(start_id, end_id)
+        names = set(diffs or ()) | set(self.inputs)
+        return {name: self.blobs[name].diff for name in names}
+
+    def forward_backward(self):
+        loss = self.forward_prefilled()
+        self.backward_from_to()
+        return loss
+
+    def reshape(self):
+        for lid, layer in enumerate(self.layers):
+            layer.reshape(self.bottom_vecs[lid], self.top_vecs[lid])
+
+    def clear_param_diffs(self):
+        for blob in self.learnable_params:
+            blob.diff[...] = 0
+
+    def _layer_index(self, name):
+        try:
+            return self._layer_names.index(name)
+        except ValueError:
+            raise CaffeishError(f"net '{self.name}' has no layer named '{name}'") from None
+
+    # -- pycaffe-style views -----------------------------------------------------
+    @property
+    def params(self):
+        """OrderedDict layer name -> list of parameter blobs (layers with parameters only)."""
+        return OrderedDict((n, l.blobs) for n, l in zip(self._layer_names, self.layers) if l.blobs)
+
+    @property
+    def blob_loss_weights_list(self):
+        return [self.blob_loss_weights.get(n, 0.0) for n in self.blobs]
+
+    # -- weights ------------------------------------------------------------------
+    def copy_from(self, weights):
+        """Load trained parameters by layer name from a .caffemodel path or a NetParameter."""
+        source = weights if isinstance(weights, caffe_pb2.NetParameter) else read_weights(weights)
+        by_name = OrderedDict((n, l) for n, l in zip(self._layer_names, self.layers))
+        for src in list(source.layer) + list(source.layers):
+            target = by_name.get(src.name)
+            if target is None:
+                log.debug("Ignoring source layer %s", src.name)
+                continue
+            if len(src.blobs) != len(target.blobs):
+                raise CaffeishError(f"the weights hold {len(src.blobs)} parameter blobs for layer '{src.name}', "
+                                    f"the net's layer has {len(target.blobs)}", layer=src.name)
+            for j, bp in enumerate(src.blobs):
+                try:
+                    target.blobs[j].from_proto(bp, reshape=False)
+                except CaffeishError as e:
+                    raise e.in_layer(src.name, target.type) from None
+
+    def to_proto(self, write_diff=False):
+        out = caffe_pb2.NetParameter()
+        out.name = self.name
+        for lid, layer in enumerate(self.layers):
+            lp = out.layer.add()
+            lp.CopyFrom(layer.param)
+            del lp.blobs[:]
+            for blob in layer.blobs:
+                blob.to_proto(lp.blobs.add(), write_diff=write_diff)
+        return out
+
+    def save(self, path, write_diff=False):
+        write_binary_proto(path, self.to_proto(write_diff))
+
+    # -- debug_info ---------------------------------------------------------------
+    def _log_forward(self, lid):
+        layer = self.layers[lid]
+        for blob in self.top_vecs[lid]:
+            log.info("    [Forward] Layer %s, top blob %s data: %.6g", layer.name, blob.name, _mean_abs(blob.data))
+        for j, blob in enumerate(layer.blobs):
+            log.info("    [Forward] Layer %s, param blob %d data: %.6g", layer.name, j, _mean_abs(blob.data))
+
+    def _log_backward(self, lid):
+        layer = self.layers[lid]
+        for j, blob in enumerate(self.bottom_vecs[lid]):
+            if self.bottom_need_backward[lid][j]:
+                log.info("    [Backward] Layer %s, bottom blob %s diff: %.6g", layer.name, blob.name,
+                         _mean_abs(blob.diff))
+        for j, blob in enumerate(layer.blobs):
+            if layer.param_propagate_down[j]:
+                log.info("    [Backward] Layer %s, param blob %d diff: %.6g", layer.name, j, _mean_abs(blob.diff))
+
+
+def _mean_abs(array):
+    return float(abs(array).sum()) / max(array.size, 1)
+
+
+def _with_phase(lp, phase):
+    if lp.phase == phase and lp.HasField("phase"):
+        return lp
+    out = caffe_pb2.LayerParameter()
+    out.CopyFrom(lp)
+    out.phase = phase
+    return out
+
+
+def _with_input_layers(param):
+    """Turn the old net-level ``input``/``input_shape``/``input_dim`` fields into an Input layer."""
+    if not param.input:
+        return param
+    out = caffe_pb2.NetParameter()
+    out.CopyFrom(param)
+    del out.input[:], out.input_shape[:], out.input_dim[:]
+    layer = caffe_pb2.LayerParameter(name="input", type="Input")
+    if param.input_shape:
+        shapes = list(param.input_shape)
+        if len(shapes) != len(param.input):
+            raise CaffeishError(f"the net has {len(param.input)} 'input' fields but {len(shapes)} 'input_shape' fields")
+    else:
+        dims = list(param.input_dim)
+        if len(dims) != 4 * len(param.input):
+            raise CaffeishError(f"the net has {len(param.input)} 'input' fields, which need {4 * len(param.input)} "
+                                f"'input_dim' values, but {len(dims)} are given")
+        shapes = [caffe_pb2.BlobShape(dim=dims[4 * i:4 * i + 4]) for i in range(len(param.input))]
+    for name, shape in zip(param.input, shapes):
+        layer.top.append(name)
+        layer.input_param.shape.add().CopyFrom(shape)
+    new_layers = [layer] + list(out.layer)
+    del out.layer[:]
+    out.layer.extend(new_layers)
+    return out

@@ -1,0 +1,34 @@
+"""String registries (Caffe's LayerRegistry/SolverRegistry), shared by layers, solvers and CLI verbs."""
+from .errors import CaffeishError
+
+
+class Registry:
+    def __init__(self, kind):
+        self.kind = kind
+        self._entries = {}
+
+    def register(self, name):
+        """Decorator: ``@registry.register("ReLU")``."""
+        def deco(obj):
+            if name in self._entries and self._entries[name] is not obj:
+                raise ValueError(f"{self.kind} type '{name}' is registered twice")
+            self._entries[name] = obj
+            return obj
+        return deco
+
+    def get(self, name, context=""):
+        try:
+            return self._entries[name]
+        except KeyError:
+            known = ", ".join(sorted(self._entries))
+            where = f"{context}: " if context else ""
+            raise CaffeishError(f"{where}unknown {self.kind} type '{name}' (known types: {known})") from None
+
+    def names(self):
+        return sorted(self._entries)
+
+    def __contains__(self, name):
+        return name in self._entries
+
+    def items(self):
+        return sorted(self._entries.items())
