@@ -1,0 +1,122 @@
+"""SoftmaxWithLoss: multinomial logistic loss of the softmax of the scores.
+
+bottom[0]: scores, softmax taken along ``softmax_param.axis`` (C classes);
+bottom[1]: labels, count(:axis) * count(axis+1:) integer values in [0, C)
+(or ``loss_param.ignore_label``).  top[0]: the scalar loss
+-sum log(max(p[label], FLT_MIN)) / normalizer; optional top[1]: the probabilities.
+"""
+import numpy
+
+from ..backend import get_array_module
+from ..errors import CaffeishError
+from ..layer import LossLayer, register_layer
+from ..proto import caffe_pb2
+from .softmax import softmax
+
+FLT_MIN = float(numpy.finfo(numpy.float32).tiny)
+_LP = caffe_pb2.LossParameter
+
+
+def normalization_mode(loss_param):
+    """Caffe's rule: the deprecated ``normalize`` counts only when ``normalization`` is unset."""
+    if not loss_param.HasField("normalization") and loss_param.HasField("normalize"):
+        return _LP.VALID if loss_param.normalize else _LP.BATCH_SIZE
+    return loss_param.normalization
+
+
+def normalizer(mode, outer_num, inner_num, valid_count):
+    """The loss divisor, at least 1 (Caffe's LossLayer::GetNormalizer); ``valid_count`` may be an array."""
+    if mode == _LP.FULL:
+        value = outer_num * inner_num
+    elif mode == _LP.VALID:
+        value = valid_count
+    elif mode == _LP.BATCH_SIZE:
+        value = outer_num
+    elif mode == _LP.NONE:
+        value = 1
+    else:
+        raise CaffeishError(f"unknown loss_param.normalization mode {mode}")
+    if isinstance(value, int):
+        return float(max(1, value))
+    return get_array_module(value).maximum(value, 1)
+
+
+def read_labels(label_blob, outer_num, inner_num, num_classes, ignore_label, layer_type):
+    """Labels as (outer, inner) ints, the mask of the counted ones, and safe indices (ignored -> 0).
+
+    Raises CaffeishError naming the first counted label outside [0, num_classes).
+    """
+    raw = label_blob.data.reshape(outer_num, inner_num)
+    xp = get_array_module(raw)
+    labels = raw.astype(xp.int64)  # static_cast<int>: truncation
+    valid = labels != ignore_label if ignore_label is not None else xp.ones(labels.shape, dtype=bool)
+    bad = valid & ((labels < 0) | (labels >= num_classes))
+    if bool(bad.any()):
+        value = float(raw[bad].ravel()[0])
+        raise CaffeishError(
+            f"{layer_type}: label value {value:g} is out of range; labels must be integers in "
+            f"[0, {num_classes - 1}] for {num_classes} classes"
+            + (f" (or the ignore_label {ignore_label})" if ignore_label is not None else ""))
+    return labels, valid, xp.where(valid, labels, 0)
+
+
+@register_layer("SoftmaxWithLoss")
+class SoftmaxWithLossLayer(LossLayer):
+    exact_num_bottom = 2
+    exact_num_top = None
+    min_top = 1
+    max_top = 2
+
+    def layer_setup(self, bottom, top):
+        lp = self.param.loss_param
+        self.ignore_label = int(lp.ignore_label) if lp.HasField("ignore_label") else None
+        self.normalization = normalization_mode(lp)
+
+    def reshape(self, bottom, top):
+        super().reshape(bottom, top)
+        self.axis = bottom[0].canonical_axis(self.param.softmax_param.axis)
+        self.outer_num = bottom[0].count_range(0, self.axis)
+        self.inner_num = bottom[0].count_range(self.axis + 1)
+        self.num_classes = bottom[0].shape[self.axis]
+        if self.outer_num * self.inner_num != bottom[1].count:
+            raise CaffeishError(
+                f"number of labels must match number of predictions: scores of shape {bottom[0].shape} "
+                f"with softmax axis {self.axis} need {self.outer_num * self.inner_num} labels, but the "
+                f"label blob has {bottom[1].count} (shape {bottom[1].shape})")
+        if len(top) > 1:
+            top[1].reshape(bottom[0].shape)
+
+    def _prob(self, bottom):
+        return self.prob.reshape(self.outer_num, self.num_classes, self.inner_num)
+
+    def forward(self, bottom, top):
+        x = bottom[0].data
+        xp = get_array_module(x)
+        self.prob = xp.empty_like(x)
+        softmax(x, self.axis, self.prob)
+        prob = self._prob(bottom)
+        _, valid, safe = read_labels(bottom[1], self.outer_num, self.inner_num, self.num_classes,
+                                     self.ignore_label, self.type)
+        picked = xp.take_along_axis(prob, safe[:, None, :], axis=1)[:, 0, :]
+        logs = xp.log(xp.maximum(picked, self.dtype.type(FLT_MIN)))
+        loss = -(logs * valid).sum()
+        self.valid, self.safe = valid, safe
+        self.count = valid.sum()
+        norm = normalizer(self.normalization, self.outer_num, self.inner_num, self.count)
+        top[0].data[...] = loss / xp.asarray(norm, dtype=self.dtype)
+        if len(top) > 1:
+            top[1].data[...] = self.prob
+
+    def backward(self, top, propagate_down, bottom):
+        if len(propagate_down) > 1 and propagate_down[1]:
+            raise CaffeishError(f"{self.type} layer cannot backpropagate to label inputs")
+        if not propagate_down[0]:
+            return
+        prob = self._prob(bottom)
+        xp = get_array_module(prob)
+        classes = xp.arange(self.num_classes)[None, :, None]
+        onehot = classes == self.safe[:, None, :]
+        grad = (prob - onehot) * self.valid[:, None, :]
+        norm = normalizer(self.normalization, self.outer_num, self.inner_num, self.count)
+        scale = top[0].diff / xp.asarray(norm, dtype=self.dtype)
+        bottom[0].diff.reshape(prob.shape)[...] = grad * scale

@@ -1,0 +1,92 @@
+"""The CLI as a user runs it: real subprocesses, README commands included."""
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def caffeish(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "caffeish", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"caffeish {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+def test_time_prints_caffe_shaped_report():
+    out = caffeish("time", "-model", "models/lenet/lenet_deploy.prototxt", "-phase", "TEST", "-iterations", "2").stderr
+    assert "*** Benchmark begins ***" in out and "*** Benchmark ends ***" in out
+    assert re.search(r"\]\s+conv1\tforward: [\d.e+-]+ ms\.", out)
+    assert re.search(r"\]\s+conv1\tbackward: [\d.e+-]+ ms\.", out)
+    for line in ("Average Forward pass:", "Average Backward pass:", "Average Forward-Backward:", "Total Time:"):
+        assert line in out
+    # glog's line shape: I1128 13:11:07.123456  1234 file.py:12] message
+    assert re.search(r"^I\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ \S+:\d+\] ", out, re.M)
+
+
+def test_bad_model_gives_one_clear_error_without_traceback(tmp_path):
+    bad = tmp_path / "bad.prototxt"
+    bad.write_text('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 } } }\n'
+                   'layer { name: "conv" type: "Convolution" bottom: "y" top: "z" }\n')
+    proc = caffeish("time", "-model", str(bad), check=False)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert "layer 'conv' (type Convolution)" in proc.stderr and "unknown bottom blob 'y'" in proc.stderr
+    debug = caffeish("time", "-model", str(bad), "--debug", check=False)
+    assert "Traceback" in debug.stderr
+
+
+def test_syntax_error_names_line_and_column(tmp_path):
+    bad = tmp_path / "bad.prototxt"
+    bad.write_text('layer {\n  name: "in"\n  type: "Input"\n  top: "x"\n  bogus_field: 3\n}\n')
+    proc = caffeish("time", "--model", str(bad), check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"{bad}:5:3" in proc.stderr
+
+
+def test_missing_file_is_clear():
+    proc = caffeish("time", "-model", "no/such.prototxt", check=False)
+    assert proc.returncode == 1 and "cannot read no/such.prototxt" in proc.stderr
+
+
+def test_device_query_without_gpu_is_clear():
+    from caffeish import backend
+    proc = caffeish("device-query", check=False)
+    if backend.gpu_available():
+        assert proc.returncode == 0
+    else:
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr and ("CuPy" in proc.stderr)
+
+
+def test_gpu_flag_without_gpu_is_clear():
+    from caffeish import backend
+    if backend.gpu_available():
+        pytest.skip("a GPU is present")
+    proc = caffeish("time", "-model", "models/lenet/lenet_deploy.prototxt", "-gpu", "0", check=False)
+    assert proc.returncode == 1 and "GPU mode" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _readme_blocks(lang):
+    text = (ROOT / "README.md").read_text()
+    return re.findall(rf"```{lang}\n(.*?)```", text, re.S)
+
+
+def test_readme_caffeish_commands_run():
+    commands = [line.split("#")[0].split() for block in _readme_blocks("sh") for line in block.splitlines()
+                if line.startswith("caffeish ")]
+    assert commands, "the README shows caffeish commands"
+    for cmd in commands:
+        caffeish(*cmd[1:])
+
+
+def test_readme_python_snippet_runs():
+    (snippet,) = _readme_blocks("python")
+    proc = subprocess.run([sys.executable, "-c", snippet], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "(2, 10)" in proc.stdout
