@@ -75,7 +75,7 @@ class LRNLayer(Layer):
 
     def forward(self, bottom, top):
         x = bottom[0].data
-        # In place, the input is overwritten; keep it for backward (Caffe would use the output instead).
+        # In place the input is overwritten: keep a copy for backward (Caffe would read the overwritten data).
         self.saved_input = x.copy() if self._in_place(bottom, top) else None
         self.scale = self._scale(x)
         top[0].data[...] = x * self.scale ** -self.beta
