@@ -125,7 +125,8 @@ class Blob:
         value_shape = getattr(value, "shape", None)
         if value_shape is not None and tuple(value_shape) != self._shape and numpy.size(value) != self._count:
             raise CaffeishError(
-                f"cannot set {what} of blob '{self.name}' (shape {self._shape}) from an array of shape {tuple(value_shape)}")
+                f"cannot set {what} of blob '{self.name}' (shape {self._shape}) "
+                f"from an array of shape {tuple(value_shape)}")
         xp = backend.get_array_module(target)
         target[...] = xp.asarray(value).reshape(self._shape) if value_shape is not None else value
 
@@ -136,14 +137,16 @@ class Blob:
     def share_data(self, other):
         """Use ``other``'s data buffer (counts must match, as in Caffe)."""
         if other.count != self._count:
-            raise CaffeishError(f"cannot share data of blob '{other.name}' ({other.shape}) with '{self.name}' ({self.shape})")
-        other.data  # allocate if needed
+            raise CaffeishError(f"cannot share data of blob '{other.name}' ({other.shape}) "
+                                f"with '{self.name}' ({self.shape})")
+        _ = other.data  # allocates the buffer if it has none yet
         self._data_buf, self._data_view = other._data_buf, None
 
     def share_diff(self, other):
         if other.count != self._count:
-            raise CaffeishError(f"cannot share diff of blob '{other.name}' ({other.shape}) with '{self.name}' ({self.shape})")
-        other.diff
+            raise CaffeishError(f"cannot share diff of blob '{other.name}' ({other.shape}) "
+                                f"with '{self.name}' ({self.shape})")
+        _ = other.diff
         self._diff_buf, self._diff_view = other._diff_buf, None
 
     def shares_data_with(self, other):
@@ -196,7 +199,8 @@ class Blob:
         if reshape:
             self.reshape(shape)
         elif tuple(shape) != self._shape and not _legacy_equal(shape, self._shape):
-            raise CaffeishError(f"blob '{self.name}': shape mismatch, expected {self._shape} but the saved blob is {tuple(shape)}")
+            raise CaffeishError(f"blob '{self.name}': shape mismatch, expected {self._shape} "
+                                f"but the saved blob is {tuple(shape)}")
         values = proto_values(proto, "data", self._count, self.name)
         if values is not None:
             self.data[...] = backend.to_current(values.reshape(self._shape), self.dtype)

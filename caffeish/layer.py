@@ -161,5 +161,6 @@ class LossLayer(Layer):
     def reshape(self, bottom, top):
         if bottom[0].shape[:1] != bottom[1].shape[:1]:
             raise CaffeishError(
-                f"the first axis of bottom[0] {bottom[0].shape} and bottom[1] {bottom[1].shape} must match (one label per example)")
+                f"the first axis of bottom[0] {bottom[0].shape} and bottom[1] {bottom[1].shape} "
+                "must match (one label per example)")
         top[0].reshape(())

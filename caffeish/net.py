@@ -311,7 +311,7 @@ class Net:
     @property
     def params(self):
         """OrderedDict layer name -> list of parameter blobs (layers with parameters only)."""
-        return OrderedDict((n, l.blobs) for n, l in zip(self._layer_names, self.layers) if l.blobs)
+        return OrderedDict((n, layer.blobs) for n, layer in zip(self._layer_names, self.layers) if layer.blobs)
 
     @property
     def blob_loss_weights_list(self):
@@ -321,7 +321,7 @@ class Net:
     def copy_from(self, weights):
         """Load trained parameters by layer name from a .caffemodel path or a NetParameter."""
         source = weights if isinstance(weights, caffe_pb2.NetParameter) else read_weights(weights)
-        by_name = OrderedDict((n, l) for n, l in zip(self._layer_names, self.layers))
+        by_name = OrderedDict(zip(self._layer_names, self.layers))
         for src in list(source.layer) + list(source.layers):
             target = by_name.get(src.name)
             if target is None:
@@ -339,7 +339,7 @@ class Net:
     def to_proto(self, write_diff=False):
         out = caffe_pb2.NetParameter()
         out.name = self.name
-        for lid, layer in enumerate(self.layers):
+        for layer in self.layers:
             lp = out.layer.add()
             lp.CopyFrom(layer.param)
             del lp.blobs[:]

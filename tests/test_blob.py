@@ -31,7 +31,7 @@ def test_nd_shape_and_legacy_accessors():
     b = Blob((2, 3, 4, 5, 6))
     assert b.count == 720 and b.num_axes == 5 and b.shape_at(-1) == 6 and b.count_range(1, 3) == 12
     with pytest.raises(CaffeishError):
-        b.num
+        _ = b.num
     c = Blob((7, 8))
     assert (c.num, c.channels, c.height, c.width) == (7, 8, 1, 1)
 

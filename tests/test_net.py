@@ -77,7 +77,7 @@ def test_pycaffe_surface():
     assert net.params["ip1"][0].data.shape == (5, 3)
     assert net.top_names["tanh"] == ["h"] and net.bottom_names["ip2"] == ["h"]
     assert net.layer_dict["ip2"].type == "InnerProduct"
-    assert [l.type for l in net.layers] == ["Input", "InnerProduct", "TanH", "InnerProduct", "EuclideanLoss"]
+    assert [layer.type for layer in net.layers] == ["Input", "InnerProduct", "TanH", "InnerProduct", "EuclideanLoss"]
     x = numpy.ones((4, 3))
     out = net.forward(x=x, y=numpy.zeros((4, 2)))
     assert set(out) == {"loss"}
@@ -99,7 +99,7 @@ def test_phase_level_stage_filtering():
     layer { name: "leveled" type: "Sigmoid" bottom: "a" top: "d" include { min_level: 1 } }
     layer { name: "not_deploy" type: "Sigmoid" bottom: "a" top: "e" include { not_stage: "deploy" } }
     """
-    names = lambda net: [l.name for l in net.layers]
+    names = lambda net: [layer.name for layer in net.layers]
     train = make(text, caffeish.TRAIN)
     assert names(train)[:3] == ["in", "train_only", "a_train_only_0_split"] or "train_only" in names(train)
     assert "test_only" not in names(train) and "not_test" in names(train)
