@@ -11,6 +11,7 @@ classes score at least as high as it (>=), so ties count against the label.
 from ..backend import get_array_module
 from ..errors import CaffeishError
 from ..layer import Layer, register_layer
+from ._common import classification_layout
 from .softmax_loss import read_labels
 
 
@@ -29,14 +30,8 @@ class AccuracyLayer(Layer):
 
     def reshape(self, bottom, top):
         self.axis = bottom[0].canonical_axis(self.param.accuracy_param.axis)
-        self.outer_num = bottom[0].count_range(0, self.axis)
-        self.inner_num = bottom[0].count_range(self.axis + 1)
-        self.num_classes = bottom[0].shape[self.axis]
-        if self.outer_num * self.inner_num != bottom[1].count:
-            raise CaffeishError(
-                f"number of labels must match number of predictions: scores of shape {bottom[0].shape} "
-                f"with label axis {self.axis} need {self.outer_num * self.inner_num} labels, but the "
-                f"label blob has {bottom[1].count} (shape {bottom[1].shape})")
+        self.outer_num, self.inner_num, self.num_classes = classification_layout(
+            bottom[0], bottom[1], self.axis, "label axis")
         if self.top_k > self.num_classes:
             raise CaffeishError(
                 f"top_k ({self.top_k}) must be less than or equal to the number of classes ({self.num_classes})")

@@ -7,10 +7,7 @@ Caffe does.
 """
 from ..errors import CaffeishError
 from ..layer import Layer, register_layer
-
-
-def _axis_slice(axis, start, stop):
-    return (slice(None),) * axis + (slice(start, stop),)
+from ._common import axis_slice, legacy_axis
 
 
 @register_layer("Concat")
@@ -18,24 +15,9 @@ class ConcatLayer(Layer):
     min_bottom = 1
     exact_num_top = 1
 
-    def layer_setup(self, bottom, top):
-        p = self.param.concat_param
-        if p.HasField("axis") and p.HasField("concat_dim"):
-            raise CaffeishError(f"concat_param gives both axis ({p.axis}) and concat_dim ({p.concat_dim}); "
-                                "give only one (concat_dim is the deprecated name of axis)")
-
-    def _concat_axis(self, bottom0):
-        p = self.param.concat_param
-        if p.HasField("concat_dim"):
-            if p.concat_dim >= bottom0.num_axes:
-                raise CaffeishError(f"concat_dim {p.concat_dim} is out of range for bottom[0] of shape "
-                                    f"{bottom0.shape} ({bottom0.num_axes} axes)")
-            return int(p.concat_dim)
-        return bottom0.canonical_axis(p.axis)
-
     def reshape(self, bottom, top):
         first = bottom[0]
-        axis = self._concat_axis(first)
+        axis = legacy_axis(self.param.concat_param, "concat_dim", first)
         self.axis = axis
         top_shape = list(first.shape)
         for i, b in enumerate(bottom[1:], start=1):
@@ -58,7 +40,7 @@ class ConcatLayer(Layer):
         offset = 0
         for b in bottom:
             n = b.shape[self.axis]
-            out[_axis_slice(self.axis, offset, offset + n)] = b.data
+            out[axis_slice(self.axis, offset, offset + n)] = b.data
             offset += n
 
     def backward(self, top, propagate_down, bottom):
@@ -69,5 +51,5 @@ class ConcatLayer(Layer):
         for b, down in zip(bottom, propagate_down):
             n = b.shape[self.axis]
             if down:
-                b.diff[...] = diff[_axis_slice(self.axis, offset, offset + n)]
+                b.diff[...] = diff[axis_slice(self.axis, offset, offset + n)]
             offset += n

@@ -6,16 +6,13 @@ data and diff buffers (Caffe's ShareData/ShareDiff), so forward and backward cop
 nothing: the gradient written into the top's diff is already the bottom's.
 """
 from ..errors import CaffeishError
-from ..layer import Layer, register_layer
+from ..layer import register_layer
+from ._common import ViewLayer
 
 
 @register_layer("Flatten")
-class FlattenLayer(Layer):
-    exact_num_bottom = 1
-    exact_num_top = 1
-
-    def reshape(self, bottom, top):
-        b = bottom[0]
+class FlattenLayer(ViewLayer):
+    def top_shape(self, b):
         p = self.param.flatten_param
         start = b.canonical_axis(p.axis)
         end = b.canonical_axis(p.end_axis)
@@ -23,14 +20,4 @@ class FlattenLayer(Layer):
             raise CaffeishError(f"flatten_param end_axis {p.end_axis} (axis {end}) comes before axis {p.axis} "
                                 f"(axis {start}) for the bottom of shape {b.shape}")
         shape = b.shape[:start] + (b.count_range(start, end + 1),) + b.shape[end + 1:]
-        if top[0] is b:
-            raise CaffeishError("Flatten cannot run in place; give its top a name of its own")
-        top[0].reshape(shape)
-        top[0].share_data(b)
-        top[0].share_diff(b)
-
-    def forward(self, bottom, top):
-        pass  # data is shared
-
-    def backward(self, top, propagate_down, bottom):
-        pass  # diff is shared: the top's gradient is the bottom's
+        return shape

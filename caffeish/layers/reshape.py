@@ -9,13 +9,12 @@ match.  The total count must stay the same.
 import numpy
 
 from ..errors import CaffeishError
-from ..layer import Layer, register_layer
+from ..layer import register_layer
+from ._common import ViewLayer
 
 
 @register_layer("Reshape")
-class ReshapeLayer(Layer):
-    exact_num_bottom = 1
-    exact_num_top = 1
+class ReshapeLayer(ViewLayer):
 
     def layer_setup(self, bottom, top):
         dims = [int(d) for d in self.param.reshape_param.shape.dim]
@@ -32,8 +31,7 @@ class ReshapeLayer(Layer):
         self.copy_axes = [i for i, d in enumerate(dims) if d == 0]
         self.constant_count = int(numpy.prod([d for d in dims if d > 0], dtype=numpy.int64))
 
-    def reshape(self, bottom, top):
-        b = bottom[0]
+    def top_shape(self, b):
         p = self.param.reshape_param
         n = b.num_axes
         start = p.axis if p.axis >= 0 else n + p.axis + 1
@@ -64,14 +62,4 @@ class ReshapeLayer(Layer):
         if count != b.count:
             raise CaffeishError(f"reshape_param.shape {self.dims} makes top shape {tuple(shape)} ({count} elements) "
                                 f"from the bottom of shape {b.shape} ({b.count} elements); the counts must match")
-        if top[0] is b:
-            raise CaffeishError("Reshape cannot run in place; give its top a name of its own")
-        top[0].reshape(shape)
-        top[0].share_data(b)
-        top[0].share_diff(b)
-
-    def forward(self, bottom, top):
-        pass  # data is shared
-
-    def backward(self, top, propagate_down, bottom):
-        pass  # diff is shared: the top's gradient is the bottom's
+        return shape

@@ -9,10 +9,7 @@ data and diff, as in Caffe.
 """
 from ..errors import CaffeishError
 from ..layer import Layer, register_layer
-
-
-def _axis_slice(axis, start, stop):
-    return (slice(None),) * axis + (slice(start, stop),)
+from ._common import axis_slice, legacy_axis
 
 
 @register_layer("Slice")
@@ -21,24 +18,11 @@ class SliceLayer(Layer):
     min_top = 1
 
     def layer_setup(self, bottom, top):
-        p = self.param.slice_param
-        if p.HasField("axis") and p.HasField("slice_dim"):
-            raise CaffeishError(f"slice_param gives both axis ({p.axis}) and slice_dim ({p.slice_dim}); "
-                                "give only one (slice_dim is the deprecated name of axis)")
-        self.slice_points = [int(s) for s in p.slice_point]
-
-    def _slice_axis(self, b):
-        p = self.param.slice_param
-        if p.HasField("slice_dim"):
-            if p.slice_dim >= b.num_axes:
-                raise CaffeishError(f"slice_dim {p.slice_dim} is out of range for the bottom of shape "
-                                    f"{b.shape} ({b.num_axes} axes)")
-            return int(p.slice_dim)
-        return b.canonical_axis(p.axis)
+        self.slice_points = [int(s) for s in self.param.slice_param.slice_point]
 
     def reshape(self, bottom, top):
         b = bottom[0]
-        axis = self._slice_axis(b)
+        axis = legacy_axis(self.param.slice_param, "slice_dim", b)
         size = b.shape[axis]
         points = self.slice_points
         if points:
@@ -72,11 +56,11 @@ class SliceLayer(Layer):
             return
         data = bottom[0].data
         for i, t in enumerate(top):
-            t.data[...] = data[_axis_slice(self.axis, self.bounds[i], self.bounds[i + 1])]
+            t.data[...] = data[axis_slice(self.axis, self.bounds[i], self.bounds[i + 1])]
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0] or len(top) == 1:
             return
         diff = bottom[0].diff
         for i, t in enumerate(top):
-            diff[_axis_slice(self.axis, self.bounds[i], self.bounds[i + 1])] = t.diff
+            diff[axis_slice(self.axis, self.bounds[i], self.bounds[i + 1])] = t.diff

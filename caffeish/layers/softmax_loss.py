@@ -11,6 +11,7 @@ from ..backend import get_array_module
 from ..errors import CaffeishError
 from ..layer import LossLayer, register_layer
 from ..proto import caffe_pb2
+from ._common import classification_layout
 from .softmax import softmax
 
 FLT_MIN = float(numpy.finfo(numpy.float32).tiny)
@@ -75,14 +76,8 @@ class SoftmaxWithLossLayer(LossLayer):
     def reshape(self, bottom, top):
         super().reshape(bottom, top)
         self.axis = bottom[0].canonical_axis(self.param.softmax_param.axis)
-        self.outer_num = bottom[0].count_range(0, self.axis)
-        self.inner_num = bottom[0].count_range(self.axis + 1)
-        self.num_classes = bottom[0].shape[self.axis]
-        if self.outer_num * self.inner_num != bottom[1].count:
-            raise CaffeishError(
-                f"number of labels must match number of predictions: scores of shape {bottom[0].shape} "
-                f"with softmax axis {self.axis} need {self.outer_num * self.inner_num} labels, but the "
-                f"label blob has {bottom[1].count} (shape {bottom[1].shape})")
+        self.outer_num, self.inner_num, self.num_classes = classification_layout(
+            bottom[0], bottom[1], self.axis, "softmax axis")
         if len(top) > 1:
             top[1].reshape(bottom[0].shape)
 
