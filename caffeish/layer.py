@@ -81,6 +81,14 @@ class Layer:
     def allow_force_backward(self, bottom_index):
         return True
 
+    # -- state that exact resume saves (data readers' positions, shuffle orders) --
+    def get_state(self):
+        """A JSON-serialisable dict of the layer's non-parameter state, or None."""
+        return None
+
+    def set_state(self, state):
+        """Restore what ``get_state`` returned."""
+
     # -- driven by Net --------------------------------------------------------
     def setup(self, bottom, top):
         self.check_blob_counts(bottom, top)

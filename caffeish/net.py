@@ -301,6 +301,14 @@ class Net:
         for blob in self.learnable_params:
             blob.diff[...] = 0
 
+    def set_input_arrays(self, data, labels, layer=None):
+        """pycaffe's Net.set_input_arrays: hand arrays to a MemoryData layer (the first, or the one named)."""
+        targets = [x for x in self.layers if x.type == "MemoryData" and (layer is None or x.name == layer)]
+        if not targets:
+            raise CaffeishError(f"set_input_arrays: net '{self.name}' has no MemoryData layer"
+                                + (f" named '{layer}'" if layer else ""))
+        targets[0].set_arrays(data, labels)
+
     def _layer_index(self, name):
         try:
             return self._layer_names.index(name)

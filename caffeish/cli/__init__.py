@@ -7,6 +7,7 @@ A user mistake prints one paragraph and exits 1; ``--debug`` shows the traceback
 import importlib
 import logging
 import os
+import pkgutil
 import re
 import sys
 import time
@@ -17,7 +18,6 @@ from ..errors import CaffeishError
 from ..registry import Registry
 
 COMMANDS = Registry("command")
-_VERB_MODULES = ("time_cmd", "device_query")
 
 
 def register_command(name):
@@ -77,8 +77,10 @@ def cli(ctx, debug):
 
 
 def _load_verbs():
-    for module in _VERB_MODULES:
-        importlib.import_module(f"{__name__}.{module}")
+    """Import every module of this package; each registers its verb(s)."""
+    for module in pkgutil.iter_modules(__path__):
+        if module.name != "common":
+            importlib.import_module(f"{__name__}.{module.name}")
     for name, cmd in COMMANDS.items():
         cli.add_command(cmd, name)
 
