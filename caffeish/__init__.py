@@ -10,8 +10,11 @@ from .errors import CaffeishError
 from .layer import Layer, register_layer
 from .net import TEST, TRAIN, Net
 from .proto import caffe_pb2
+from .solvers import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver, RMSPropSolver, SGDSolver, Solver,
+                      get_solver)
 
 __version__ = "0.1.0"
 
-__all__ = ["Blob", "CaffeishError", "Layer", "Net", "TEST", "TRAIN", "caffe_pb2", "register_layer",
+__all__ = ["AdaDeltaSolver", "AdaGradSolver", "AdamSolver", "Blob", "CaffeishError", "Layer", "NesterovSolver", "Net",
+           "RMSPropSolver", "SGDSolver", "Solver", "TEST", "TRAIN", "caffe_pb2", "get_solver", "register_layer",
            "set_device", "set_mode_cpu", "set_mode_gpu", "set_random_seed"]

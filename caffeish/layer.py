@@ -89,6 +89,9 @@ class Layer:
     def set_state(self, state):
         """Restore what ``get_state`` returned."""
 
+    def close(self):
+        """Release background resources (prefetch threads, open files)."""
+
     # -- driven by Net --------------------------------------------------------
     def setup(self, bottom, top):
         self.check_blob_counts(bottom, top)

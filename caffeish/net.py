@@ -6,6 +6,7 @@ bottom), set each layer up, share parameters by ParamSpec name, then walk the
 graph backwards to find which layers contribute to a loss and need backward.
 """
 import logging
+import os
 from collections import OrderedDict
 
 import numpy
@@ -297,6 +298,17 @@ class Net:
         for lid, layer in enumerate(self.layers):
             layer.reshape(self.bottom_vecs[lid], self.top_vecs[lid])
 
+    def close(self):
+        """Stop the layers' background work (data prefetching); the net is unusable afterwards."""
+        for layer in self.layers:
+            layer.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     def clear_param_diffs(self):
         for blob in self.learnable_params:
             blob.diff[...] = 0
@@ -327,22 +339,35 @@ class Net:
 
     # -- weights ------------------------------------------------------------------
     def copy_from(self, weights):
-        """Load trained parameters by layer name from a .caffemodel path or a NetParameter."""
+        """Copy trained parameters by layer name (fine-tuning) from a .caffemodel, a .caffemodel.h5 or a
+        NetParameter.  Layers the file lacks keep their fillers (and are logged); a shape mismatch is an error."""
+        if not isinstance(weights, caffe_pb2.NetParameter) and os.fspath(weights).endswith(".h5"):
+            from .weights import load_net_hdf5
+            return load_net_hdf5(self, os.fspath(weights))
+        where = "" if isinstance(weights, caffe_pb2.NetParameter) else f" in {os.fspath(weights)}"
         source = weights if isinstance(weights, caffe_pb2.NetParameter) else read_weights(weights)
         by_name = OrderedDict(zip(self._layer_names, self.layers))
+        copied = set()
         for src in list(source.layer) + list(source.layers):
             target = by_name.get(src.name)
             if target is None:
-                log.debug("Ignoring source layer %s", src.name)
+                log.info("Ignoring source layer %s", src.name)
                 continue
             if len(src.blobs) != len(target.blobs):
-                raise CaffeishError(f"the weights hold {len(src.blobs)} parameter blobs for layer '{src.name}', "
-                                    f"the net's layer has {len(target.blobs)}", layer=src.name)
+                raise CaffeishError(f"incompatible number of blobs: the weights{where} hold {len(src.blobs)} for this "
+                                    f"layer, the net's layer has {len(target.blobs)}", layer=src.name,
+                                    layer_type=target.type)
             for j, bp in enumerate(src.blobs):
                 try:
                     target.blobs[j].from_proto(bp, reshape=False)
                 except CaffeishError as e:
-                    raise e.in_layer(src.name, target.type) from None
+                    raise CaffeishError(f"cannot copy param {j} weights{where}: {e.reason}. To learn this layer's "
+                                        "parameters from scratch instead, rename the layer.",
+                                        layer=src.name, layer_type=target.type) from None
+            copied.add(src.name)
+        for name, layer in by_name.items():
+            if layer.blobs and name not in copied:
+                log.info("Layer %s is not in the weights%s: its parameters keep their fillers", name, where)
 
     def to_proto(self, write_diff=False):
         out = caffe_pb2.NetParameter()

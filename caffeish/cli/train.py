@@ -1,0 +1,154 @@
+"""``caffeish train``: Caffe's ``caffe train``, with its flags, log lines and signal handling."""
+import logging
+import signal
+import sys
+import time
+
+import click
+
+from .. import backend
+from ..errors import CaffeishError
+from ..proto import caffe_pb2
+from ..prototxt import read_solver_param
+from ..solvers import SOLVERS, upgrade_solver_type
+from ..weights import load_weights
+from . import register_command
+from .common import gpu_option, level_option, parse_stages, select_device, stage_option
+
+log = logging.getLogger("caffeish")
+EFFECTS = click.Choice(["stop", "snapshot", "none"])
+
+
+class SignalActions:
+    """Turns SIGINT/SIGHUP into solver requests ("stop", "snapshot", "none"), one per signal received."""
+
+    def __init__(self, sigint_effect, sighup_effect):
+        self.effects = {signal.SIGINT: sigint_effect}
+        if hasattr(signal, "SIGHUP"):
+            self.effects[signal.SIGHUP] = sighup_effect
+        self.pending = []
+        self.previous = {}
+
+    def __enter__(self):
+        for sig in self.effects:
+            self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        self.pending.append(self.effects[signum])
+
+    def __call__(self):
+        while self.pending:
+            effect = self.pending.pop(0)
+            if effect != "none":
+                return effect
+        return "none"
+
+
+class ProgressBar:
+    """A one-line bar with rate and ETA, on a terminal only; log lines clear it before they print."""
+
+    def __init__(self, stream, total):
+        self.stream, self.total = stream, max(total, 1)
+        self.start_iter = None
+        self.last_draw = 0.0
+
+    def clear(self):
+        self.stream.write("\r\033[K")
+
+    def __call__(self, solver):
+        now = time.perf_counter()
+        if self.start_iter is None:
+            self.start_iter, self.start_time = solver.iter - 1, now
+        if now - self.last_draw < 0.2 and solver.iter < self.total:
+            return
+        self.last_draw = now
+        done = solver.iter - self.start_iter
+        rate = done / max(now - self.start_time, 1e-9)
+        eta = (self.total - solver.iter) / rate if rate else 0
+        frac = solver.iter / self.total
+        bar = "#" * int(30 * frac) + "." * (30 - int(30 * frac))
+        self.stream.write(f"\r[{bar}] {solver.iter}/{self.total} {rate:.1f} it/s ETA "
+                          f"{int(eta // 60)}:{int(eta % 60):02d}\033[K")
+        self.stream.flush()
+
+
+class _ClearBar(logging.Filter):
+    def __init__(self, bar):
+        super().__init__()
+        self.bar = bar
+
+    def filter(self, record):
+        self.bar.clear()
+        return True
+
+
+def _choose_device(gpu, param):
+    if gpu is None and param.HasField("solver_mode") and param.solver_mode == caffe_pb2.SolverParameter.GPU:
+        if backend.gpu_available():
+            gpu = str(param.device_id)
+        else:
+            log.warning("The solver asks for GPU mode, but no CUDA device is available: running on the CPU")
+    gpus = select_device(gpu)
+    if gpus:
+        log.info("Using GPUs %s", ", ".join(map(str, gpus)))
+        if len(gpus) > 1:
+            log.warning("Multi-GPU training is not available yet: training on GPU %d only", gpus[0])
+    else:
+        log.info("Use CPU.")
+
+
+@register_command("train")
+@click.command()
+@click.option("--solver", required=True, type=click.Path(), help="The solver definition (prototxt).")
+@click.option("--weights", default=None, help="Comma-separated .caffemodel files to fine-tune from.")
+@click.option("--snapshot", default=None, help="A .solverstate to resume training from.")
+@gpu_option
+@level_option
+@stage_option
+@click.option("--sigint-effect", default="stop", type=EFFECTS, show_default=True,
+              help="What Ctrl-C does: stop (after a snapshot if snapshot_after_train), snapshot, or none.")
+@click.option("--sighup-effect", default="snapshot", type=EFFECTS, show_default=True, help="What SIGHUP does.")
+@click.option("--progress/--no-progress", default=None, help="A progress bar (default: when stderr is a terminal).")
+def train(solver, weights, snapshot, gpu, level, stage, sigint_effect, sighup_effect, progress):
+    """Train a model from a solver file (as `caffe train`)."""
+    if weights and snapshot:
+        raise CaffeishError("give --snapshot to resume training or --weights to fine-tune, not both")
+    param = caffe_pb2.SolverParameter()
+    param.CopyFrom(read_solver_param(solver))
+    upgrade_solver_type(param)
+    _choose_device(gpu, param)
+    cls = SOLVERS.get(param.type, context=f"solver {solver}")
+    s = cls(solver, level=level, stages=parse_stages(stage))
+    if snapshot:
+        log.info("Resuming from %s", snapshot)
+        s.restore(snapshot)
+    elif weights:
+        for path in [w for w in weights.split(",") if w]:
+            log.info("Finetuning from %s", path)
+            for net in [s.net] + s.test_nets:
+                load_weights(net, path)
+    if progress is None:
+        progress = sys.stderr.isatty()
+    handler = next((h for h in log.handlers if getattr(h, "_caffeish", False)), None)
+    bar_filter = None
+    if progress and handler is not None:
+        s.on_iteration = ProgressBar(sys.stderr, param.max_iter)
+        bar_filter = _ClearBar(s.on_iteration)
+        handler.addFilter(bar_filter)
+    try:
+        with SignalActions(sigint_effect, sighup_effect) as actions:
+            s.action_request = actions
+            log.info("Starting Optimization")
+            s.solve()
+    finally:
+        if bar_filter is not None:
+            handler.removeFilter(bar_filter)
+            sys.stderr.write("\n")
+        for net in [s.net] + s.test_nets:
+            net.close()
+    log.info("Optimization Done.")

@@ -1,0 +1,84 @@
+"""Trained weights on disk: binary .caffemodel (NetParameter) and Caffe's HDF5 layout.
+
+HDF5 weights live under ``data/<layer name>/<blob index>`` (and ``diff/...``);
+parameters shared by name are saved once, by their owner.  Files are written
+to a temporary name, fsynced and renamed.
+"""
+import logging
+import os
+import tempfile
+
+import numpy
+
+from . import backend
+from .errors import CaffeishError
+
+log = logging.getLogger("caffeish")
+
+
+def atomic_h5(path, fill):
+    import h5py
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".h5", dir=directory)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            fill(f)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_net_hdf5(net, path, write_diff=False):
+    def fill(f):
+        data = f.create_group("data")
+        diff = f.create_group("diff") if write_diff else None
+        owners = iter(net._param_owners)
+        for name, layer in zip(net._layer_names, net.layers):
+            group = data.create_group(name)
+            dgroup = diff.create_group(name) if diff is not None else None
+            for j, blob in enumerate(layer.blobs):
+                if next(owners) != -1:
+                    continue  # shared parameters are saved once, by their owner
+                group.create_dataset(str(j), data=backend.to_cpu(blob.data))
+                if dgroup is not None:
+                    dgroup.create_dataset(str(j), data=backend.to_cpu(blob.diff))
+    atomic_h5(path, fill)
+
+
+def load_net_hdf5(net, path):
+    import h5py
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise CaffeishError(f"cannot read the HDF5 weights file {path}: {e}") from None
+    with f:
+        if "data" not in f:
+            raise CaffeishError(f"{path} holds no 'data' group: it is not a Caffe HDF5 weights file")
+        data = f["data"]
+        for name, layer in zip(net._layer_names, net.layers):
+            if name not in data:
+                if layer.blobs:
+                    log.info("Layer %s is not in %s: its parameters keep their fillers", name, path)
+                continue
+            group = data[name]
+            for j, blob in enumerate(layer.blobs):
+                if str(j) not in group:
+                    continue  # a shared parameter, saved by its owner
+                values = numpy.asarray(group[str(j)])
+                if values.size != blob.count:
+                    raise CaffeishError(f"cannot copy param {j} weights from layer '{name}'; shape mismatch: the "
+                                        f"file has {values.shape}, the net has {blob.shape}. To learn this layer "
+                                        "from scratch instead, rename it.", layer=name)
+                blob.data[...] = backend.to_current(values.reshape(blob.shape), blob.dtype)
+
+
+def load_weights(net, path):
+    """Copy trained weights by layer name from a .caffemodel or .caffemodel.h5 file."""
+    if not os.path.exists(path):
+        raise CaffeishError(f"the weights file {path} does not exist")
+    net.copy_from(path)
