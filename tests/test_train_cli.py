@@ -141,3 +141,11 @@ def test_solverstate_of_another_net_is_refused(tmp_path):
                                                       "weight_filler { type: \"gaussian\" std: 0.1 }"))
     proc = run("train", "-solver", other, "-snapshot", str(tmp_path / "snap_iter_5.solverstate"), check=False)
     assert proc.returncode == 1 and "different net" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_progress_bar_with_rate_and_eta(tmp_path):
+    solver = write_solver(tmp_path, max_iter=300, display=100)
+    out = run("train", "-solver", solver, "--progress").stderr
+    assert re.search(r"\r\[#+\.*\] \d+/300 [\d.]+ it/s ETA \d+:\d\d", out)
+    plain = run("train", "-solver", solver).stderr  # not a terminal: no bar
+    assert "it/s ETA" not in plain
