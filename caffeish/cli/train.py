@@ -63,7 +63,8 @@ class ProgressBar:
     def __call__(self, solver):
         now = time.perf_counter()
         if self.start_iter is None:
-            self.start_iter, self.start_time = solver.iter - 1, now
+            self.start_iter, self.start_time = solver.iter, now
+            return
         if now - self.last_draw < 0.2 and solver.iter < self.total:
             return
         self.last_draw = now
