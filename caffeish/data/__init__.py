@@ -1,0 +1,1 @@
+"""Data: databases (LMDB, HDF5), converters, and (from colleagues) data layers, transforms, prefetching."""

@@ -1,0 +1,352 @@
+"""Prefetching for data layers: batches are read, decoded and transformed on a background thread.
+
+A data layer is a ``PrefetchingDataLayer`` with a ``Reader``: a sequential source whose
+``load_batch(rng)`` returns the next batch (one numpy array per top) and advances.  A daemon
+thread runs the reader ahead of the net, keeping up to ``data_param.prefetch`` (default 4)
+finished batches in a bounded queue; in GPU mode it also copies them to the device.
+
+Determinism
+    Batch ``k`` (counted from 0 since setup) draws its random numbers (crop offsets, mirror flags)
+    from ``numpy.random.default_rng([seed, 0, k])``; shuffle orders are functions of
+    ``(seed, epoch)`` (``batch_rng``/``stream_rng``).  The layer ``seed`` is drawn from
+    ``caffeish.backend.rng()`` at setup, so ``caffeish.set_random_seed`` fixes it.  Nothing
+    depends on how far the thread has run ahead, so batch ``k`` is the same with prefetching,
+    without it (``layer.prefetch = False``, the class switch ``PrefetchingDataLayer.use_threads``,
+    ``data_param { prefetch: 0 }`` or the environment variable ``CAFFEISH_PREFETCH=0``), and after
+    a resume.
+
+State (``get_state``; JSON-serialisable)
+    ``{"type", "seed", "batch", ...reader position}`` where ``batch`` is the index of the next
+    batch the *net* will consume and the reader position (e.g. ``epoch``, ``pos`` and the shuffle
+    ``order`` in force) is where that batch starts -- not where the thread has read to.
+    ``set_state`` stops the thread and restarts it from there, so a resumed run sees exactly the
+    batches an uninterrupted one would have.
+
+Errors
+    An exception in the thread is handed over with its batch index and re-raised on the next
+    ``forward`` as a ``CaffeishError`` naming the layer and the original error.
+
+Threads stop on ``close()``, when the layer is garbage-collected, after an error, and at
+interpreter exit.
+"""
+import atexit
+import logging
+import os
+import queue
+import threading
+import weakref
+
+import numpy
+
+from .. import backend
+from ..errors import CaffeishError
+from ..layer import Layer
+
+log = logging.getLogger("caffeish")
+
+ENV_VAR = "CAFFEISH_PREFETCH"
+THREAD_PREFIX = "caffeish-prefetch"
+_LIVE = weakref.WeakSet()
+_exiting = [False]
+
+# Stream tags of the random streams derived from a layer's seed.
+TRANSFORM_STREAM, SHUFFLE_STREAM, SKIP_STREAM, ROW_SHUFFLE_STREAM = 0, 1, 2, 3
+
+
+def batch_rng(seed, k):
+    """The generator batch ``k`` of a layer with ``seed`` draws its transform randoms from."""
+    return numpy.random.default_rng([int(seed), TRANSFORM_STREAM, int(k)])
+
+
+def stream_rng(seed, stream, *key):
+    """A generator for another purpose (``SHUFFLE_STREAM`` with the epoch, ``SKIP_STREAM``...)."""
+    return numpy.random.default_rng([int(seed), int(stream), *(int(x) for x in key)])
+
+
+def new_seed():
+    """A layer seed from the engine's generator (fixed by ``caffeish.set_random_seed``)."""
+    return int(backend.rng().integers(0, 2 ** 63 - 1))
+
+
+def prefetch_from_env():
+    return os.environ.get(ENV_VAR, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def live_prefetch_threads():
+    """The prefetch threads running now (for tests and diagnostics)."""
+    return [t for t in threading.enumerate() if t.name.startswith(THREAD_PREFIX) and t.is_alive()]
+
+
+class Reader:
+    """A sequential source of batches.
+
+    ``position()`` is a small JSON-able dict saying where the next batch starts; ``seek(position)``
+    goes there; ``load_batch(rng)`` returns a tuple of numpy arrays and advances; ``describe(position)``
+    expands a position for ``get_state`` (e.g. with the shuffle order in force) and
+    ``check_position(state)`` validates one coming from ``set_state``.  ``open``/``release`` take and
+    give back what one reading thread needs (an LMDB cursor; ``release`` may be called when nothing is
+    held); ``close`` gives back everything, and a later ``open`` takes it again.  A reader
+    must not hold a reference to its layer (so that a dropped layer can stop its thread).
+    """
+    seed = 0
+
+    def open(self):
+        pass
+
+    def release(self):
+        pass
+
+    def close(self):
+        self.release()
+
+    def position(self):
+        raise NotImplementedError
+
+    def seek(self, position):
+        raise NotImplementedError
+
+    def load_batch(self, rng):
+        raise NotImplementedError
+
+    def describe(self, position):
+        return dict(position)
+
+    def check_position(self, state):
+        return dict(state)
+
+
+class _Worker:
+    """One prefetch thread: reads batches ``start``, ``start + 1``, ... into a bounded queue."""
+
+    def __init__(self, reader, seed, start, position, depth, name, device=None):
+        self.queue = queue.Queue(maxsize=max(1, int(depth)))
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(reader, seed, start, position, device),
+                                       name=f"{THREAD_PREFIX}-{name}", daemon=True)
+        _LIVE.add(self)
+        self.thread.start()
+
+    def _run(self, reader, seed, k, position, device):
+        try:
+            reader.open()
+            reader.seek(position)
+            to_device = _device_copier(device)
+            while not self.stop_event.is_set():
+                arrays = reader.load_batch(batch_rng(seed, k))
+                if to_device is not None:
+                    arrays = to_device(arrays)
+                if not self._put((k, arrays, reader.position(), None)):
+                    return
+                k += 1
+        except BaseException as e:  # handed to the main thread, raised there
+            self._put((k, None, None, e))
+        finally:
+            try:
+                reader.release()
+            except Exception:  # pragma: no cover - best effort
+                log.debug("releasing a data reader failed", exc_info=True)
+
+    def _put(self, item):
+        while not self.stop_event.is_set():
+            try:
+                self.queue.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def get(self):
+        while True:
+            try:
+                return self.queue.get(timeout=0.1)
+            except queue.Empty:
+                if not self.thread.is_alive() and self.queue.empty():
+                    raise RuntimeError("the prefetch thread stopped without a batch or an error") from None
+
+    def stop(self, timeout=None):
+        self.stop_event.set()
+        if self.thread is not threading.current_thread():
+            self.thread.join(timeout)
+        while True:
+            try:
+                self.queue.get_nowait()
+            except queue.Empty:
+                break
+        _LIVE.discard(self)
+
+
+def _device_copier(device):
+    """A function copying a tuple of numpy arrays to GPU ``device`` on a stream of its own, or None."""
+    if device is None:
+        return None
+    import cupy
+    cupy.cuda.Device(device).use()
+    stream = cupy.cuda.Stream(non_blocking=True)
+
+    def copy(arrays):
+        with stream:
+            out = tuple(cupy.asarray(a) for a in arrays)
+        stream.synchronize()
+        return out
+    return copy
+
+
+class _Holder:
+    """What must be stopped and closed when a layer goes away (holds no reference to the layer)."""
+
+    def __init__(self):
+        self.worker = None
+        self.reader = None
+
+    def stop_worker(self, timeout=None):
+        worker, self.worker = self.worker, None
+        if worker is not None:
+            worker.stop(timeout)
+
+    def close(self):
+        self.stop_worker(2.0 if _exiting[0] else None)
+        if self.reader is not None:
+            self.reader.close()
+
+
+@atexit.register
+def _stop_all():
+    _exiting[0] = True
+    for worker in list(_LIVE):
+        worker.stop(2.0)
+
+
+class PrefetchingDataLayer(Layer):
+    """Base of the data layers that read ahead (Data, ImageData, HDF5Data).
+
+    Subclasses give ``make_reader(seed, top) -> (reader, top_shapes)``.
+    """
+    exact_num_bottom = 0
+    has_backward = False
+    #: Class-wide switch: False makes every such layer read on the main thread.
+    use_threads = True
+
+    def __init__(self, param, dtype=numpy.float32):
+        super().__init__(param, dtype)
+        depth = int(param.data_param.prefetch)
+        self.prefetch_depth = max(1, depth)
+        #: Read ahead on a thread (set False before a forward to read synchronously).
+        self.prefetch = bool(self.use_threads and depth > 0 and prefetch_from_env())
+        self.reader = None
+        self.seed = None
+        self._batch = 0
+        self._position = None
+        self._sync_open = False
+        self._holder = _Holder()
+        self._finalizer = weakref.finalize(self, self._holder.close)
+        self._finalizer.atexit = False  # _stop_all handles interpreter exit
+
+    # -- to override --------------------------------------------------------------------------------------------
+    def make_reader(self, seed, top):
+        """Open the source: return ``(reader, [shape of each top])``."""
+        raise NotImplementedError
+
+    # -- Layer ------------------------------------------------------------------------------------------------
+    def layer_setup(self, bottom, top):
+        self.close()
+        self.seed = new_seed()
+        reader, shapes = self.make_reader(self.seed, top)
+        reader.seed = self.seed
+        self.reader = self._holder.reader = reader
+        for blob, shape in zip(top, shapes):
+            blob.reshape(shape)
+        self._batch = 0
+        self._position = reader.position()
+
+    def reshape(self, bottom, top):
+        pass  # each batch sets its own shape in forward
+
+    def forward(self, bottom, top):
+        k, arrays, position = self._next_batch()
+        for blob, array in zip(top, arrays):
+            if blob.shape != tuple(array.shape):
+                blob.reshape(array.shape)
+            blob.data = array  # numpy or cupy, onto the blob's device
+        self._batch, self._position = k + 1, position
+
+    def backward(self, top, propagate_down, bottom):
+        pass
+
+    # -- reading ------------------------------------------------------------------------------------------------
+    def _next_batch(self):
+        if self.reader is None:
+            raise CaffeishError("the layer is not set up", layer=self.name, layer_type=self.type)
+        if self.prefetch:
+            self._release_sync()
+            worker = self._holder.worker
+            if worker is None:
+                device = backend.device_id() if backend.mode() == backend.GPU else None
+                worker = self._holder.worker = _Worker(self.reader, self.seed, self._batch, self._position,
+                                                       self.prefetch_depth, self.name, device)
+            try:
+                k, arrays, position, error = worker.get()
+            except RuntimeError as e:
+                self._holder.stop_worker()
+                raise self._error(self._batch, e) from e
+            if error is not None:
+                self._holder.stop_worker()
+                raise self._error(k, error) from error
+            return k, arrays, position
+        self._holder.stop_worker()
+        try:
+            if not self._sync_open:
+                self.reader.open()
+                self._sync_open = True
+                self.reader.seek(self._position)
+            arrays = self.reader.load_batch(batch_rng(self.seed, self._batch))
+        except Exception as e:
+            self._release_sync()
+            raise self._error(self._batch, e) from e
+        return self._batch, arrays, self.reader.position()
+
+    def _release_sync(self):
+        if self._sync_open:
+            self._sync_open = False
+            self.reader.release()
+
+    def _error(self, k, error):
+        if isinstance(error, CaffeishError):
+            reason = str(error)
+        else:
+            reason = f"{type(error).__name__}: {error}"
+        return CaffeishError(f"reading batch {k} failed: {reason}", layer=self.name, layer_type=self.type)
+
+    # -- state ----------------------------------------------------------------------------------------------------
+    def get_state(self):
+        if self.reader is None:
+            return None
+        state = {"type": self.type, "seed": int(self.seed), "batch": int(self._batch)}
+        state.update(self.reader.describe(self._position))
+        return state
+
+    def set_state(self, state):
+        if self.reader is None:
+            raise CaffeishError("set_state before setup", layer=self.name, layer_type=self.type)
+        if state.get("type", self.type) != self.type:
+            raise CaffeishError(f"the saved state is of a {state.get('type')} layer, not {self.type}",
+                                layer=self.name, layer_type=self.type)
+        try:
+            seed, batch = int(state["seed"]), int(state["batch"])
+        except (KeyError, TypeError, ValueError):
+            raise CaffeishError(f"the saved state has no valid 'seed' and 'batch': {sorted(state)}",
+                                layer=self.name, layer_type=self.type) from None
+        self._holder.stop_worker()
+        self._release_sync()
+        self.seed = self.reader.seed = seed
+        try:
+            self._position = self.reader.check_position(state)
+        except CaffeishError as e:
+            raise e.in_layer(self.name, self.type) from None
+        self._batch = batch
+
+    def close(self):
+        """Stop the prefetch thread and release the source (a later forward reopens it)."""
+        self._holder.stop_worker()
+        self._release_sync()
+        if self.reader is not None:
+            self.reader.close()

@@ -1,0 +1,1 @@
+"""Tests of caffeish.data: databases, converters."""

@@ -1,0 +1,201 @@
+"""ImageData: image files from a list, BGR decoding, resize, shuffle per epoch, rand_skip, errors."""
+import gc
+import json
+
+import numpy
+import pytest
+from PIL import Image
+
+import caffeish
+from caffeish import CaffeishError, Net, caffe_pb2
+from caffeish.data.prefetch import live_prefetch_threads
+from caffeish.layers.image_data import resize_linear
+from gradient_check import checks_forward
+from helpers import empty, make_layer
+
+
+def write_images(folder, n, size=(5, 6), gray=False, seed=0, names=None):
+    """PNG files; returns their BGR (C, H, W) arrays."""
+    rng = numpy.random.default_rng(seed)
+    arrays = []
+    for i in range(n):
+        name = names[i] if names else f"img {i}.png"  # a space in the name: the label is after the LAST space
+        if gray:
+            a = rng.integers(0, 256, size=size).astype(numpy.uint8)
+            Image.fromarray(a).save(folder / name)
+            arrays.append(a[None])
+        else:
+            rgb = rng.integers(0, 256, size=size + (3,)).astype(numpy.uint8)
+            Image.fromarray(rgb).save(folder / name)
+            arrays.append(rgb[:, :, ::-1].transpose(2, 0, 1).copy())
+    return arrays
+
+
+def write_list(folder, n, names=None, labels=None):
+    lines = [f"{names[i] if names else f'img {i}.png'} {labels[i] if labels else 10 + i}" for i in range(n)]
+    (folder / "list.txt").write_text("\n".join(lines) + "\n")
+    return str(folder / "list.txt")
+
+
+@pytest.fixture
+def opened():
+    made = []
+    yield made
+    for obj in made:
+        for layer in getattr(obj, "layers", [obj]):
+            if hasattr(layer, "close"):
+                layer.close()
+    gc.collect()
+    assert not live_prefetch_threads()
+
+
+def image_layer(opened, source, root, params="", extra="", batch=3, phase=caffe_pb2.TRAIN, prefetch=True):
+    layer = make_layer(f'type: "ImageData" image_data_param {{ source: "{source}" root_folder: "{root}/" '
+                       f'batch_size: {batch} {params} }} {extra}', dtype=numpy.float32, phase=phase)
+    layer.prefetch = prefetch
+    opened.append(layer)
+    top = empty(2, dtype=numpy.float32)
+    layer.setup([], top)
+    return layer, top
+
+
+def run(layer, top, n):
+    out = []
+    for _ in range(n):
+        layer.Forward([], top)
+        out.append((top[0].data.copy(), top[1].data.copy()))
+    return out
+
+
+@checks_forward("ImageData")
+def test_image_data_reads_bgr_images_in_list_order(tmp_path, opened):
+    ims = write_images(tmp_path, 4)
+    source = write_list(tmp_path, 4)
+    layer, top = image_layer(opened, source, tmp_path)
+    assert top[0].shape == (3, 3, 5, 6) and top[1].shape == (3,)
+    got = run(layer, top, 2)
+    order = [0, 1, 2, 3, 0, 1]
+    for b, (data, label) in enumerate(got):
+        idx = order[3 * b:3 * b + 3]
+        numpy.testing.assert_array_equal(data, numpy.stack([ims[i] for i in idx]).astype(numpy.float32))
+        numpy.testing.assert_array_equal(label, [10 + i for i in idx])
+    assert not layer.has_backward
+
+
+@checks_forward("ImageData")
+def test_image_data_gray_resize_and_transform(tmp_path, opened):
+    ims = write_images(tmp_path, 2, size=(4, 6))
+    source = write_list(tmp_path, 2)
+    layer, top = image_layer(opened, source, tmp_path, "is_color: false new_height: 8 new_width: 12",
+                             "transform_param { crop_size: 6 scale: 0.5 }", batch=2, phase=caffe_pb2.TEST)
+    assert top[0].shape == (2, 1, 6, 6)
+    (data, _), = run(layer, top, 1)
+    for i in range(2):
+        b, g, r = (ims[i][c].astype(float) for c in range(3))
+        gray = numpy.floor(0.299 * r + 0.587 * g + 0.114 * b + 0.5)  # what Pillow's "L" conversion gives
+        big = resize_linear(gray.clip(0, 255).astype(numpy.uint8)[None], 8, 12)
+        numpy.testing.assert_allclose(data[i], big[:, 1:7, 3:9].astype(numpy.float32) * 0.5, atol=1.0)
+
+
+def test_resize_linear_matches_opencv_grid():
+    a = numpy.arange(16, dtype=numpy.uint8).reshape(1, 4, 4) * 10
+    # 2x down: every output pixel is the mean of a 2x2 block (OpenCV INTER_LINEAR, no antialiasing).
+    down = resize_linear(a, 2, 2)
+    ref = a[0].astype(float).reshape(2, 2, 2, 2).mean(axis=(1, 3))
+    numpy.testing.assert_array_equal(down[0], numpy.floor(ref + 0.5))
+    # 2x up along a row 0, 10, 20, 30: src x = (i + 0.5) / 2 - 0.5, clamped at the borders.
+    up = resize_linear(a[:, :1, :], 1, 8)[0, 0]
+    numpy.testing.assert_array_equal(up, [0, 3, 8, 13, 18, 23, 28, 30])
+    assert resize_linear(a, 4, 4) is a
+
+
+def test_image_data_shuffle_each_epoch_and_prefetch(tmp_path, opened):
+    write_images(tmp_path, 6, size=(2, 2))
+    source = write_list(tmp_path, 6)
+    caffeish.set_random_seed(7)
+    layer, top = image_layer(opened, source, tmp_path, "shuffle: true", batch=3)
+    labels = numpy.concatenate([lab for _, lab in run(layer, top, 6)]).astype(int).tolist()
+    epochs = [labels[i:i + 6] for i in (0, 6, 12)]
+    for e in epochs:
+        assert sorted(e) == list(range(10, 16))
+    assert len({tuple(e) for e in epochs}) > 1
+    caffeish.set_random_seed(7)
+    plain, plain_top = image_layer(opened, source, tmp_path, "shuffle: true", batch=3, prefetch=False)
+    again = numpy.concatenate([lab for _, lab in run(plain, plain_top, 6)]).astype(int).tolist()
+    assert again == labels
+
+
+def test_image_data_resume(tmp_path, opened):
+    write_images(tmp_path, 5, size=(6, 6))
+    source = write_list(tmp_path, 5)
+    extra = "transform_param { crop_size: 4 mirror: true }"
+    layer, top = image_layer(opened, source, tmp_path, "shuffle: true", extra)
+    run(layer, top, 3)
+    state = json.loads(json.dumps(layer.get_state()))
+    assert state["epoch"] == 1 and state["pos"] == 4 and sorted(state["order"]) == list(range(5))
+    expected = run(layer, top, 4)
+    other, other_top = image_layer(opened, source, tmp_path, "shuffle: true", extra)
+    other.set_state(state)
+    for (x1, y1), (x2, y2) in zip(run(other, other_top, 4), expected):
+        numpy.testing.assert_array_equal(x1, x2)
+        numpy.testing.assert_array_equal(y1, y2)
+
+
+def test_image_data_rand_skip(tmp_path, opened):
+    write_images(tmp_path, 8, size=(2, 2))
+    source = write_list(tmp_path, 8)
+    starts = set()
+    for seed in range(6):
+        caffeish.set_random_seed(seed)
+        layer, top = image_layer(opened, source, tmp_path, "rand_skip: 4", batch=1)
+        (_, label), = run(layer, top, 1)
+        starts.add(int(label[0]) - 10)
+    assert starts <= set(range(4)) and len(starts) > 1
+
+
+def test_image_data_errors(tmp_path, opened):
+    write_images(tmp_path, 3, size=(3, 3))
+    (tmp_path / "bad.txt").write_text("img 0.png 1\n\nimg 1.png\n")
+    with pytest.raises(CaffeishError, match=r"bad.txt: line 3: the label '1.png' \(after the last space\) is not an integer"):
+        image_layer(opened, tmp_path / "bad.txt", tmp_path)
+    (tmp_path / "nolabel.txt").write_text("img0.png\n")
+    with pytest.raises(CaffeishError, match=r"nolabel.txt: line 1: expected 'path label'"):
+        image_layer(opened, tmp_path / "nolabel.txt", tmp_path)
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(CaffeishError, match="names no images"):
+        image_layer(opened, tmp_path / "empty.txt", tmp_path)
+    (tmp_path / "junk.png").write_bytes(b"not an image")
+    (tmp_path / "junk.txt").write_text("junk.png 0\n")
+    with pytest.raises(CaffeishError, match=r"cannot load image .*junk.png \(line 1 of"):
+        image_layer(opened, tmp_path / "junk.txt", tmp_path)
+    # An image missing after the first batch: the thread's error comes out on forward, naming the file.
+    (tmp_path / "later.txt").write_text("img 0.png 0\nimg 1.png 1\nghost.png 2\n")
+    layer, top = image_layer(opened, tmp_path / "later.txt", tmp_path, batch=2)
+    layer.Forward([], top)
+    with pytest.raises(CaffeishError, match=r"layer 'imagedata'.*reading batch 1 failed.*ghost.png.*line 3"):
+        layer.Forward([], top)
+    with pytest.raises(CaffeishError, match="new_height .* and new_width .* must be set together"):
+        image_layer(opened, tmp_path / "later.txt", tmp_path, "new_height: 4")
+    # Images of different sizes without resize or crop.
+    write_images(tmp_path, 1, size=(4, 3), names=["tall.png"], seed=3)
+    (tmp_path / "sizes.txt").write_text("img 0.png 0\ntall.png 1\n")
+    layer, top = image_layer(opened, tmp_path / "sizes.txt", tmp_path, batch=2)
+    with pytest.raises(CaffeishError, match=r"image .*tall.png has shape \(3, 4, 3\)"):
+        layer.Forward([], top)
+
+
+def test_image_data_in_a_net(tmp_path, opened):
+    write_images(tmp_path, 4, size=(4, 4))
+    source = write_list(tmp_path, 4, labels=[0, 1, 2, 1])
+    net = Net(f"""
+        layer {{ name: "data" type: "ImageData" top: "data" top: "label"
+                image_data_param {{ source: "{source}" root_folder: "{tmp_path}/" batch_size: 2 shuffle: true }}
+                transform_param {{ scale: 0.00390625 }} }}
+        layer {{ name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+                inner_product_param {{ num_output: 3 weight_filler {{ type: "xavier" }} }} }}
+        layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }}
+        """, caffe_pb2.TRAIN)
+    opened.append(net)
+    for _ in range(3):
+        assert numpy.isfinite(float(net.forward()["loss"]))
+    assert net.blobs["data"].shape == (2, 3, 4, 4)
