@@ -10,7 +10,8 @@ import click
 import numpy
 
 from .. import io as cio
-from ..data.db import HDF5DB, open_db
+from ..data.db import open_db
+from ..data.hdf5_backend import HDF5DB
 from ..errors import CaffeishError
 from . import register_command
 

@@ -20,7 +20,9 @@ import numpy
 from .. import io as cio
 from ..errors import CaffeishError
 from ..proto import caffe_pb2
-from .db import COMMIT_EVERY, HDF5Writer, LMDB, atomic_db_path, backend_name, check_target
+from .db import COMMIT_EVERY, atomic_db_path, backend_name, check_target
+from .hdf5_backend import HDF5Writer
+from .lmdb_backend import LMDB
 
 log = logging.getLogger("caffeish")
 

@@ -8,7 +8,8 @@ import pytest
 
 from caffeish import caffe_pb2
 from caffeish import io as cio
-from caffeish.data.db import HDF5Writer, atomic_db_path, open_db, sniff_backend
+from caffeish.data.db import atomic_db_path, open_db, sniff_backend
+from caffeish.data.hdf5_backend import HDF5Writer
 from caffeish.errors import CaffeishError
 
 

@@ -1,0 +1,215 @@
+"""LMDB behind ``open_db``: shared read-only environments, batched commits, a map that grows."""
+import os
+import threading
+
+import lmdb
+
+from ..errors import CaffeishError
+from .db import COMMIT_EVERY, INITIAL_MAP_SIZE, LIST_NAME, MAX_MAP_SIZE, MAX_READERS, _key_bytes, looks_like_datum
+
+# -- LMDB ------------------------------------------------------------------------------------------------------
+# LMDB allows one environment per database per process (py-lmdb refuses a second open), so readers
+# of the same file (a TRAIN and a TEST Data layer, a prefetch thread) share one, reference-counted.
+_READERS = {}
+_READERS_LOCK = threading.Lock()
+
+
+def _acquire_reader(key, path, subdir):
+    """A shared read-only environment for the database file identified by ``key`` (device, inode)."""
+    with _READERS_LOCK:
+        entry = _READERS.get(key)
+        if entry is None:
+            try:
+                env = lmdb.open(path, readonly=True, lock=False, readahead=False, subdir=subdir,
+                                max_readers=MAX_READERS)
+            except lmdb.Error as e:
+                raise CaffeishError(f"is not a readable LMDB ({e})", path=path) from None
+            entry = _READERS[key] = [env, 0]
+        entry[1] += 1
+        return entry[0]
+
+
+def _release_reader(key):
+    with _READERS_LOCK:
+        entry = _READERS.get(key)
+        if entry is not None:
+            entry[1] -= 1
+            if entry[1] <= 0:
+                del _READERS[key]
+                entry[0].close()
+
+
+class LMDB:
+    """An LMDB environment, read-only (``mode="r"``) or for building (``mode="w"``)."""
+    backend = "lmdb"
+
+    def __init__(self, path, mode="r", *, check_datums=True, map_size=None, batch_size=COMMIT_EVERY):
+        self.path = os.fspath(path)
+        self.mode = mode
+        self.batch_size = int(batch_size)
+        if mode == "r":
+            self.env = self._open_reader()
+            if check_datums:
+                try:
+                    self._check_first_datum()
+                except BaseException:
+                    self.close()
+                    raise
+        else:
+            os.makedirs(self.path, exist_ok=True)
+            try:
+                self.env = lmdb.open(self.path, map_size=int(map_size or INITIAL_MAP_SIZE), subdir=True,
+                                     readonly=False, meminit=False, max_dbs=0)
+            except lmdb.Error as e:
+                raise CaffeishError(f"cannot create an LMDB here: {e}", path=self.path) from None
+
+    def _open_reader(self):
+        path = self.path
+        if not os.path.exists(path):
+            raise CaffeishError("database does not exist", path=path)
+        if os.path.isdir(path):
+            if not os.path.isfile(os.path.join(path, "data.mdb")):
+                hint = ""
+                if os.path.isfile(os.path.join(path, "CURRENT")):
+                    hint = " (it looks like a LevelDB: LevelDB is not supported; convert to LMDB)"
+                elif os.path.isfile(os.path.join(path, LIST_NAME)):
+                    hint = " (it looks like an HDF5 database: use backend hdf5)"
+                raise CaffeishError(f"is not an LMDB: the directory has no data.mdb{hint}", path=path)
+            subdir = True
+        else:
+            subdir = False
+        st = os.stat(os.path.join(path, "data.mdb") if subdir else path)
+        self._reader_key = (st.st_dev, st.st_ino)
+        return _acquire_reader(self._reader_key, path, subdir)
+
+    def _check_first_datum(self):
+        with self.env.begin() as txn:
+            cur = txn.cursor()
+            if not cur.first():
+                raise CaffeishError("the database is empty (no records)", path=self.path)
+            key, value = cur.key(), cur.value()
+        if not looks_like_datum(value):
+            raise CaffeishError(f"the LMDB holds no Datums: its first record (key {key!r}) does not parse as a "
+                                "caffe Datum with pixels", path=self.path)
+
+    # reading
+    def cursor(self):
+        return LMDBCursor(self.env)
+
+    def get(self, key):
+        with self.env.begin() as txn:
+            return txn.get(_key_bytes(key))
+
+    def keys_count(self):
+        return int(self.env.stat()["entries"])
+
+    __len__ = keys_count
+
+    def __iter__(self):
+        """(key, value) pairs, first to last."""
+        cur = self.cursor()
+        try:
+            while cur.valid():
+                yield cur.key(), cur.value()
+                cur.next()
+        finally:
+            cur.close()
+
+    # writing
+    def transaction(self):
+        if self.mode != "w":
+            raise ValueError("transaction() needs a database opened with mode='w'")
+        return LMDBTransaction(self, self.batch_size)
+
+    @property
+    def map_size(self):
+        return int(self.env.info()["map_size"])
+
+    def _write(self, items):
+        while True:
+            try:
+                with self.env.begin(write=True) as txn:
+                    for key, value in items:
+                        txn.put(key, value)
+                return
+            except lmdb.MapFullError:
+                size = self.map_size * 2
+                if size > MAX_MAP_SIZE:
+                    raise CaffeishError(f"the LMDB would need a map larger than {MAX_MAP_SIZE} bytes",
+                                        path=self.path) from None
+                self.env.set_mapsize(size)
+
+    def close(self):
+        if self.env is not None:
+            if self.mode == "w":
+                self.env.sync(True)
+                self.env.close()
+            else:
+                _release_reader(self._reader_key)
+            self.env = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class LMDBCursor:
+    """Caffe's db::Cursor: ``seek_first``, ``valid``, ``next``, ``key``, ``value`` (starts on the first record)."""
+
+    def __init__(self, env):
+        self._txn = env.begin(buffers=False)
+        self._cur = self._txn.cursor()
+        self._valid = self._cur.first()
+
+    def seek_first(self):
+        self._valid = self._cur.first()
+        return self._valid
+
+    seek_to_first = seek_first
+
+    def valid(self):
+        return self._valid
+
+    def next(self):
+        """Advance; False (and ``valid()`` False) once past the last record."""
+        self._valid = self._cur.next() if self._valid else False
+        return self._valid
+
+    def key(self):
+        return self._cur.key()
+
+    def value(self):
+        return self._cur.value()
+
+    def close(self):
+        if self._txn is not None:
+            self._txn.abort()
+            self._txn = None
+
+
+class LMDBTransaction:
+    """Buffered puts, committed every ``batch_size`` puts and by ``commit()``."""
+
+    def __init__(self, db, batch_size=COMMIT_EVERY):
+        self._db = db
+        self._batch = max(1, int(batch_size))
+        self._pending = []
+
+    def put(self, key, value):
+        self._pending.append((_key_bytes(key), bytes(value)))
+        if len(self._pending) >= self._batch:
+            self.commit()
+
+    def commit(self):
+        if self._pending:
+            self._db._write(self._pending)
+            self._pending = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None:
+            self.commit()
