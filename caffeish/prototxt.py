@@ -5,11 +5,11 @@ Binary writes go through a temporary file and a rename, so an interrupted
 write never leaves a truncated file where a good one was.
 """
 import os
-import tempfile
 
 from google.protobuf import message as pb_message
 from google.protobuf import text_format
 
+from .atomic import atomic_path
 from .errors import CaffeishError
 from .proto import caffe_pb2
 
@@ -80,19 +80,9 @@ def read_weights(path):
 
 
 def atomic_write_bytes(path, data):
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_binary_proto(path, message):

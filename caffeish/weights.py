@@ -6,31 +6,22 @@ to a temporary name, fsynced and renamed.
 """
 import logging
 import os
-import tempfile
 
 import numpy
 
 from . import backend
+from .atomic import atomic_path
 from .errors import CaffeishError
 
 log = logging.getLogger("caffeish")
 
 
 def atomic_h5(path, fill):
+    """Write an HDF5 file with ``fill(h5py_file)``, atomically."""
     import h5py
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".h5", dir=directory)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".h5") as tmp:
         with h5py.File(tmp, "w") as f:
             fill(f)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_net_hdf5(net, path, write_diff=False):

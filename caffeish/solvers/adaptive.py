@@ -21,6 +21,14 @@ def _no_momentum(solver):
                             "remove it from the solver")
 
 
+def _divide_by_rms(xp, g, h, tmp, delta, local_rate):
+    """g <- local_rate * g / (sqrt(h) + delta), in place."""
+    xp.sqrt(h, out=tmp)
+    tmp += delta
+    xp.divide(g, tmp, out=g)
+    g *= local_rate
+
+
 @register_solver("AdaGrad")
 class AdaGradSolver(Solver):
     def check_parameters(self):
@@ -33,10 +41,7 @@ class AdaGradSolver(Solver):
         tmp = self.scratch(blob, 0)
         xp.multiply(g, g, out=tmp)
         h += tmp
-        xp.sqrt(h, out=tmp)
-        tmp += self.param.delta
-        xp.divide(g, tmp, out=g)
-        g *= self.local_rate(i, rate)
+        _divide_by_rms(xp, g, h, tmp, self.param.delta, self.local_rate(i, rate))
 
 
 @register_solver("RMSProp")
@@ -55,10 +60,7 @@ class RMSPropSolver(Solver):
         tmp *= 1 - decay
         h *= decay
         h += tmp
-        xp.sqrt(h, out=tmp)
-        tmp += self.param.delta
-        xp.divide(g, tmp, out=g)
-        g *= self.local_rate(i, rate)
+        _divide_by_rms(xp, g, h, tmp, self.param.delta, self.local_rate(i, rate))
 
 
 @register_solver("AdaDelta")
