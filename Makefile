@@ -32,6 +32,7 @@ demo: install
 bench: install
 	$(BIN)/python bench/time_models.py
 	$(BIN)/python bench/solver_update.py
+	$(BIN)/python bench/data_throughput.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
