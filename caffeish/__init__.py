@@ -9,6 +9,7 @@ from .blob import Blob
 from .errors import CaffeishError
 from .layer import Layer, register_layer
 from .net import TEST, TRAIN, Net
+from .net_spec import NetSpec, layers, params, to_proto
 from .proto import caffe_pb2
 from .solvers import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver, RMSPropSolver, SGDSolver, Solver,
                       get_solver)
@@ -17,4 +18,4 @@ __version__ = "0.1.0"
 
 __all__ = ["AdaDeltaSolver", "AdaGradSolver", "AdamSolver", "Blob", "CaffeishError", "Layer", "NesterovSolver", "Net",
            "RMSPropSolver", "SGDSolver", "Solver", "TEST", "TRAIN", "caffe_pb2", "get_solver", "register_layer",
-           "set_device", "set_mode_cpu", "set_mode_gpu", "set_random_seed"]
+           "set_device", "set_mode_cpu", "set_mode_gpu", "set_random_seed", "NetSpec", "layers", "params", "to_proto"]
