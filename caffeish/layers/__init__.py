@@ -1,6 +1,18 @@
-"""Every layer type; importing this package registers them all."""
+"""Every layer type; importing this package registers them all.
+
+The package also answers pycaffe's ``from caffe import layers as L``:
+``L.Convolution(bottom, ...)`` (any capitalised name that is not a module here)
+is NetSpec's layer function of that type, so one name serves both uses.
+"""
 import importlib
 import pkgutil
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
+
+
+def __getattr__(name):
+    if name[:1].isupper():
+        from ..net_spec import layers as spec_layers
+        return getattr(spec_layers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
