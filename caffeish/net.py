@@ -18,6 +18,7 @@ from .layer import create_layer
 from .net_graph import filter_net, insert_splits
 from .proto import caffe_pb2
 from .prototxt import read_net_param, read_weights, write_binary_proto
+from .upgrade import upgrade_net
 
 log = logging.getLogger("caffeish")
 
@@ -33,16 +34,26 @@ class Net:
     """
 
     def __init__(self, model, *args, phase=None, level=None, stages=None, weights=None,
-                 dtype=numpy.float32, debug_info=None):
+                 dtype=numpy.float32, debug_info=None, source_dir=None):
         if args and isinstance(args[0], (str, bytes)) or (args and hasattr(args[0], "__fspath__")):
             weights, args = args[0], args[1:]
         if args:
             phase = args[0]
         if len(args) > 1:
             raise TypeError("Net(model, [weights,] phase)")
-        self.source = model if isinstance(model, str) and "\n" not in model else None
+        self.source = model if isinstance(model, str) and "\n" not in model and "{" not in model else None
         param = read_net_param(model)
-        self._build(param, phase, level, stages, numpy.dtype(dtype), debug_info)
+        if source_dir is None and self.source:
+            source_dir = os.path.dirname(os.path.abspath(self.source))
+        # Python layers are imported from the prototxt's directory first, as pycaffe users expect.
+        from .layers import python_layer
+        if source_dir:
+            python_layer.PYTHON_LAYER_PATHS.insert(0, source_dir)
+        try:
+            self._build(param, phase, level, stages, numpy.dtype(dtype), debug_info)
+        finally:
+            if source_dir:
+                python_layer.PYTHON_LAYER_PATHS.remove(source_dir)
         if weights is not None:
             self.copy_from(weights)
 
@@ -62,7 +73,7 @@ class Net:
         self.name = in_param.name
         self.dtype = dtype
         self.debug_info = in_param.debug_info if debug_info is None else debug_info
-        param = insert_splits(filter_net(_with_input_layers(in_param), state))
+        param = insert_splits(filter_net(upgrade_net(in_param), state))
         self.param = param
 
         self.layers, self._layer_names = [], []
@@ -346,6 +357,9 @@ class Net:
             return load_net_hdf5(self, os.fspath(weights))
         where = "" if isinstance(weights, caffe_pb2.NetParameter) else f" in {os.fspath(weights)}"
         source = weights if isinstance(weights, caffe_pb2.NetParameter) else read_weights(weights)
+        # Old (V0/V1) .caffemodels hold 'layers' entries; upgrading names them as 'layer' entries do.
+        source = upgrade_net(source, None if isinstance(weights, caffe_pb2.NetParameter) else os.fspath(weights),
+                             weights=True)
         by_name = OrderedDict(zip(self._layer_names, self.layers))
         copied = set()
         for src in list(source.layer) + list(source.layers):
@@ -412,31 +426,4 @@ def _with_phase(lp, phase):
     out = caffe_pb2.LayerParameter()
     out.CopyFrom(lp)
     out.phase = phase
-    return out
-
-
-def _with_input_layers(param):
-    """Turn the old net-level ``input``/``input_shape``/``input_dim`` fields into an Input layer."""
-    if not param.input:
-        return param
-    out = caffe_pb2.NetParameter()
-    out.CopyFrom(param)
-    del out.input[:], out.input_shape[:], out.input_dim[:]
-    layer = caffe_pb2.LayerParameter(name="input", type="Input")
-    if param.input_shape:
-        shapes = list(param.input_shape)
-        if len(shapes) != len(param.input):
-            raise CaffeishError(f"the net has {len(param.input)} 'input' fields but {len(shapes)} 'input_shape' fields")
-    else:
-        dims = list(param.input_dim)
-        if len(dims) != 4 * len(param.input):
-            raise CaffeishError(f"the net has {len(param.input)} 'input' fields, which need {4 * len(param.input)} "
-                                f"'input_dim' values, but {len(dims)} are given")
-        shapes = [caffe_pb2.BlobShape(dim=dims[4 * i:4 * i + 4]) for i in range(len(param.input))]
-    for name, shape in zip(param.input, shapes):
-        layer.top.append(name)
-        layer.input_param.shape.add().CopyFrom(shape)
-    new_layers = [layer] + list(out.layer)
-    del out.layer[:]
-    out.layer.extend(new_layers)
     return out

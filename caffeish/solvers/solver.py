@@ -19,6 +19,8 @@ from ..net import Net
 from ..proto import caffe_pb2
 from ..prototxt import read_net_param, read_solver_param
 from ..registry import Registry
+from ..upgrade import LEGACY_SOLVER_TYPES as LEGACY_TYPES  # noqa: F401  (kept importable from here)
+from ..upgrade import upgrade_solver_type  # noqa: F401  (Caffe's UpgradeSolverType; lives in caffeish.upgrade)
 from ..weights import save_net_hdf5
 from . import snapshot as snap
 from .lr_policy import learning_rate
@@ -27,26 +29,12 @@ from .nan_guard import check_finite
 log = logging.getLogger("caffeish")
 SOLVERS = Registry("solver")
 
-#: The deprecated ``solver_type`` enum, by value, as the ``type`` strings.
-LEGACY_TYPES = {0: "SGD", 1: "Nesterov", 2: "AdaGrad", 3: "RMSProp", 4: "AdaDelta", 5: "Adam"}
-
 
 def register_solver(name):
     def deco(cls):
         cls.type_name = name
         return SOLVERS.register(name)(cls)
     return deco
-
-
-def upgrade_solver_type(param):
-    """Move the deprecated ``solver_type`` enum into ``type`` (Caffe's UpgradeSolverType)."""
-    if param.HasField("solver_type"):
-        if param.HasField("type"):
-            raise CaffeishError("the solver gives both 'solver_type' (deprecated) and 'type'; keep only 'type'")
-        param.type = LEGACY_TYPES[param.solver_type]
-        param.ClearField("solver_type")
-        log.info("Upgraded the deprecated solver_type field to type: \"%s\"", param.type)
-    return param
 
 
 class Solver:
@@ -105,7 +93,7 @@ class Solver:
         if not os.path.exists(path):
             where = f" (the solver is {self.source})" if self.source else ""
             raise CaffeishError(f"the {what} file '{path}' named by the solver does not exist{where}")
-        return read_net_param(path)
+        return read_net_param(path), os.path.dirname(os.path.abspath(path))
 
     def _init_train_net(self):
         p = self.param
@@ -114,24 +102,29 @@ class Solver:
             raise CaffeishError("the solver must name exactly one train net, with one of net, net_param, "
                                 f"train_net or train_net_param (it gives {', '.join(given) or 'none'})")
         field = given[0]
+        source_dir = os.path.dirname(os.path.abspath(self.source)) if self.source else None
         if field.endswith("_param"):
             log.info("Creating training net specified in %s.", field)
             net_param = caffe_pb2.NetParameter()
             net_param.CopyFrom(getattr(p, field))
         else:
             log.info("Creating training net from %s file: %s", field, getattr(p, field))
-            net_param = self._read_net(getattr(p, field), "net")
+            net_param, source_dir = self._read_net(getattr(p, field), "net")
         state = caffe_pb2.NetState(phase=caffe_pb2.TRAIN)
         state.MergeFrom(net_param.state)
         state.MergeFrom(p.train_state)
         net_param.state.CopyFrom(state)
-        return Net(net_param, dtype=self.dtype)
+        return Net(net_param, dtype=self.dtype, source_dir=source_dir)
 
     def _init_test_nets(self):
         p = self.param
         generic = p.HasField("net") or p.HasField("net_param")
-        specific = [(param, "test_net_param") for param in p.test_net_param]
-        specific += [(self._read_net(f, "test_net"), f"test_net file: {f}") for f in p.test_net]
+        solver_dir = os.path.dirname(os.path.abspath(self.source)) if self.source else None
+        # (NetParameter, where it came from, the directory Python layers are imported from)
+        specific = [(param, "test_net_param", solver_dir) for param in p.test_net_param]
+        for f in p.test_net:
+            param, directory = self._read_net(f, "test_net")
+            specific.append((param, f"test_net file: {f}", directory))
         if generic:
             if len(p.test_iter) < len(specific):
                 raise CaffeishError("test_iter must be given once for each test net")
@@ -141,15 +134,16 @@ class Solver:
         sources = list(specific)
         for _ in range(len(p.test_iter) - len(specific)):
             if p.HasField("net_param"):
-                sources.append((p.net_param, "net_param"))
+                sources.append((p.net_param, "net_param", solver_dir))
             else:
-                sources.append((self._read_net(p.net, "net"), f"net file: {p.net}"))
+                param, directory = self._read_net(p.net, "net")
+                sources.append((param, f"net file: {p.net}", directory))
         if p.test_state and len(p.test_state) != len(sources):
             raise CaffeishError("test_state must be unspecified or given once per test net")
         if sources and p.test_interval <= 0:
             raise CaffeishError("the solver has test nets (test_iter is set) but no positive test_interval")
         nets = []
-        for i, (param, source) in enumerate(sources):
+        for i, (param, description, directory) in enumerate(sources):
             net_param = caffe_pb2.NetParameter()
             net_param.CopyFrom(param)
             state = caffe_pb2.NetState(phase=caffe_pb2.TEST)
@@ -157,8 +151,8 @@ class Solver:
             if p.test_state:
                 state.MergeFrom(p.test_state[i])
             net_param.state.CopyFrom(state)
-            log.info("Creating test net (#%d) specified by %s", i, source)
-            nets.append(Net(net_param, dtype=self.dtype))
+            log.info("Creating test net (#%d) specified by %s", i, description)
+            nets.append(Net(net_param, dtype=self.dtype, source_dir=directory))
         return nets
 
     # -- the loop -------------------------------------------------------------------
