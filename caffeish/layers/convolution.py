@@ -47,6 +47,22 @@ def _spatial_values(p, name, num_spatial, default, what):
     return [int(values[0])] * num_spatial if len(values) == 1 else [int(v) for v in values]
 
 
+def conv_geometry(p, num_spatial):
+    """(kernel, stride, pad, dilation) lists from a ConvolutionParameter, by Caffe's rules, checked."""
+    kernel = _spatial_values(p, "kernel_size", num_spatial, None, "a kernel size")
+    stride = _spatial_values(p, "stride", num_spatial, 1, "")
+    pad = _spatial_values(p, "pad", num_spatial, 0, "")
+    dilation = [int(d) for d in p.dilation]
+    if len(dilation) not in (0, 1, num_spatial):
+        raise CaffeishError(f"dilation must be given once or once per spatial axis ({num_spatial}), "
+                            f"but it is given {len(dilation)} times")
+    dilation = dilation * num_spatial if len(dilation) == 1 else (dilation or [1] * num_spatial)
+    for name, values in (("kernel size", kernel), ("stride", stride), ("dilation", dilation)):
+        if any(v <= 0 for v in values):
+            raise CaffeishError(f"every {name} must be positive, got {tuple(values)}")
+    return kernel, stride, pad, dilation
+
+
 @register_layer("Convolution")
 class ConvolutionLayer(Layer):
     min_bottom = 1
@@ -61,17 +77,7 @@ class ConvolutionLayer(Layer):
             raise CaffeishError(f"Convolution needs at least one spatial axis after the channel axis "
                                 f"{self.channel_axis}, but the bottom has shape {bottom[0].shape}")
         ns = self.num_spatial
-        self.kernel = _spatial_values(p, "kernel_size", ns, None, "a kernel size")
-        self.stride = _spatial_values(p, "stride", ns, 1, "")
-        self.pad = _spatial_values(p, "pad", ns, 0, "")
-        dilation = [int(d) for d in p.dilation]
-        if len(dilation) not in (0, 1, ns):
-            raise CaffeishError(f"dilation must be given once or once per spatial axis ({ns}), "
-                                f"but it is given {len(dilation)} times")
-        self.dilation = dilation * ns if len(dilation) == 1 else (dilation or [1] * ns)
-        for name, values in (("kernel size", self.kernel), ("stride", self.stride), ("dilation", self.dilation)):
-            if any(v <= 0 for v in values):
-                raise CaffeishError(f"every {name} must be positive, got {tuple(values)}")
+        self.kernel, self.stride, self.pad, self.dilation = conv_geometry(p, ns)
         self.is_1x1 = all(k == 1 and s == 1 and q == 0 for k, s, q in zip(self.kernel, self.stride, self.pad))
 
         self.channels = bottom[0].shape[self.channel_axis]

@@ -9,14 +9,24 @@ the index ``h * W + w`` of each window's maximum within its channel plane (as fl
 MAX ignores the padding and keeps the first maximum in scan order (Caffe's strict ``>``).
 AVE sums the window's values inside the image and divides by the window's size clipped to
 the padded image (``H + pad``), so windows over the padding count it as zeros.
-``global_pooling`` pools over the whole of H x W.  STOCHASTIC is not supported yet.
+``global_pooling`` pools over the whole of H x W.
+
+STOCHASTIC follows Caffe's (GPU-only) kernels.  Its windows ignore the padding: window
+``(ph, pw)`` covers rows ``[ph stride_h, min(ph stride_h + kernel_h, H))`` and likewise the
+columns (the output size is still computed with the padding; a window that starts past
+the image is empty and gives 0).  In TRAIN each window draws ``u`` uniform in [0, 1) from
+``caffeish.backend`` and outputs the first element, in row-major order, whose running sum
+reaches ``u * sum(window)`` -- a sample with probability proportional to the (non-negative)
+activations; backward routes the gradient to that element.  In TEST the output is
+``sum(x^2) / sum(x)`` over the window (0 where the sum is not positive), and, as in Caffe,
+there is no backward.
 
 Forward and backward loop over the kernel offsets only, each step a strided slice over
 the whole batch.
 """
 import numpy
 
-from ..backend import get_array_module
+from ..backend import get_array_module, random_uniform
 from ..errors import CaffeishError
 from ..layer import Layer, register_layer
 from ..proto import caffe_pb2
@@ -43,9 +53,7 @@ class PoolingLayer(Layer):
     def layer_setup(self, bottom, top):
         p = self.param.pooling_param
         self.method = p.pool
-        if self.method == PP.STOCHASTIC:
-            raise CaffeishError("STOCHASTIC pooling is not supported yet; use MAX or AVE")
-        if self.method not in (PP.MAX, PP.AVE):
+        if self.method not in (PP.MAX, PP.AVE, PP.STOCHASTIC):
             raise CaffeishError(f"unknown pooling method {self.method}")
         if len(top) > 1 and self.method != PP.MAX:
             raise CaffeishError(f"only MAX pooling has a second (mask) top; {PP.PoolMethod.Name(self.method)} "
@@ -91,6 +99,7 @@ class PoolingLayer(Layer):
                                 f"({self.kernel_h}, {self.kernel_w})")
         self.ceil_mode = p.round_mode == PP.CEIL
         self.max_idx = None
+        self.rand_idx = None
 
     def _bottom_hw(self, b):
         if b.num_axes != 4:
@@ -136,6 +145,54 @@ class PoolingLayer(Layer):
                             axis(self.pooled_w, self.stride_w, self.pad_w, self.kernel_w, self.width))
         return xp.asarray(sizes.astype(dtype))
 
+    def _stochastic_windows(self, x):
+        """Caffe's unpadded STOCHASTIC windows: (zero-extended x, window-is-empty mask)."""
+        xp = get_array_module(x)
+        n, c = x.shape[:2]
+        hp = max(self.height, (self.pooled_h - 1) * self.stride_h + self.kernel_h)
+        wp = max(self.width, (self.pooled_w - 1) * self.stride_w + self.kernel_w)
+        extended = xp.zeros((n, c, hp, wp), dtype=x.dtype)
+        extended[..., :self.height, :self.width] = x
+        empty = numpy.logical_or.outer(numpy.arange(self.pooled_h) * self.stride_h >= self.height,
+                                       numpy.arange(self.pooled_w) * self.stride_w >= self.width)
+        return extended, xp.asarray(empty)
+
+    def _forward_stochastic(self, x, y):
+        xp = get_array_module(x)
+        extended, empty = self._stochastic_windows(x)
+        offsets = [(i, j) for i in range(self.kernel_h) for j in range(self.kernel_w)]
+        total = xp.zeros(y.shape, dtype=x.dtype)
+        if self.phase == caffe_pb2.TRAIN:
+            for i, j in offsets:
+                total += extended[self._window(i, j)]
+            # Positions past the image add 0 to the running sum, so the first position reaching the
+            # threshold is always inside the image (every non-empty window starts inside it).
+            threshold = random_uniform(xp, y.shape, x.dtype) * total
+            running = xp.zeros_like(total)
+            found = xp.zeros(y.shape, dtype=bool)
+            value = xp.zeros_like(total)
+            idx = xp.full(y.shape, -1, dtype=numpy.int64)
+            hs = numpy.arange(self.pooled_h) * self.stride_h
+            ws = numpy.arange(self.pooled_w) * self.stride_w
+            base = xp.asarray(hs[:, None] * self.width + ws[None, :])
+            for i, j in offsets:
+                v = extended[self._window(i, j)]
+                running += v
+                take = (running >= threshold) & ~found & ~empty
+                xp.copyto(value, v, where=take)
+                xp.copyto(idx, base + (i * self.width + j), where=take)
+                found |= take
+            y[...] = value
+            self.rand_idx = idx
+        else:
+            squares = xp.zeros_like(total)
+            for i, j in offsets:
+                v = extended[self._window(i, j)]
+                total += v
+                squares += v * v
+            positive = total > 0
+            y[...] = xp.where(positive, squares / xp.where(positive, total, 1), 0)
+
     # -- forward / backward -----------------------------------------------------------
     def forward(self, bottom, top):
         x = bottom[0].data
@@ -163,6 +220,8 @@ class PoolingLayer(Layer):
                 top[1].data[...] = idx.astype(top[1].dtype)
             else:
                 self.max_idx = idx
+        elif self.method == PP.STOCHASTIC:
+            self._forward_stochastic(x, top[0].data)
         else:
             padded = xp.zeros((n, c, hp, wp), dtype=x.dtype)
             padded[self._interior()] = x
@@ -179,8 +238,14 @@ class PoolingLayer(Layer):
         xp = get_array_module(dy)
         n, c = dy.shape[:2]
         plane = self.height * self.width
-        if self.method == PP.MAX:
-            idx = top[1].data.astype(numpy.int64) if len(top) > 1 else self.max_idx
+        if self.method == PP.STOCHASTIC and self.phase != caffe_pb2.TRAIN:
+            raise CaffeishError("STOCHASTIC pooling has no backward pass in the TEST phase (Caffe does not "
+                                "implement one); run the layer in the TRAIN phase to train through it")
+        if self.method in (PP.MAX, PP.STOCHASTIC):
+            if self.method == PP.STOCHASTIC:
+                idx = self.rand_idx
+            else:
+                idx = top[1].data.astype(numpy.int64) if len(top) > 1 else self.max_idx
             valid = idx >= 0
             offsets = (xp.arange(n * c, dtype=numpy.int64) * plane).reshape(n, c, 1, 1)
             flat = xp.where(valid, idx + offsets, 0).ravel()

@@ -1,6 +1,7 @@
 import numpy
 import pytest
 
+from caffeish import backend, caffe_pb2
 from caffeish.errors import CaffeishError
 from gradient_check import check_gradient, checks_forward, checks_gradient
 from helpers import blob, empty, make_layer
@@ -164,7 +165,7 @@ def test_pooling_gradient(params, shape):
 
 
 @pytest.mark.parametrize("params,ntop,message", [
-    ("pool: STOCHASTIC kernel_size: 2", 1, "not supported yet"),
+    ("pool: STOCHASTIC kernel_size: 2", 2, "second"),
     ("pool: MAX", 1, "kernel_size"),
     ("pool: MAX kernel_size: 2 kernel_h: 2 kernel_w: 2", 1, "not both"),
     ("pool: MAX kernel_h: 2", 1, "kernel_h and kernel_w"),
@@ -179,3 +180,107 @@ def test_pooling_gradient(params, shape):
 def test_pooling_errors(params, ntop, message):
     with pytest.raises(CaffeishError, match=message):
         pool_layer(params).setup([blob((1, 1, 4, 4))], empty(ntop))
+
+
+# -- STOCHASTIC ----------------------------------------------------------------------
+
+def naive_stochastic(x, kh, kw, sh, sw, oh, ow, u=None):
+    """Caffe's StoPoolForwardTrain (given the uniforms ``u``) or StoPoolForwardTest kernels, element by element.
+
+    The windows ignore the padding: they start at (i sh, j sw), clipped to the image.  Returns (top, index).
+    """
+    n, c, h, w = x.shape
+    top = numpy.zeros((n, c, oh, ow))
+    index = numpy.full((n, c, oh, ow), -1)
+    for b in range(n):
+        for ch in range(c):
+            for i in range(oh):
+                for j in range(ow):
+                    hs, ws = i * sh, j * sw
+                    cells = [(y, z) for y in range(hs, min(hs + kh, h)) for z in range(ws, min(ws + kw, w))]
+                    total = sum(x[b, ch, y, z] for y, z in cells)
+                    if u is None:
+                        squares = sum(x[b, ch, y, z] ** 2 for y, z in cells)
+                        top[b, ch, i, j] = squares / total if total > 0 else 0.0
+                        continue
+                    threshold, running = u[b, ch, i, j] * total, 0.0
+                    for y, z in cells:
+                        running += x[b, ch, y, z]
+                        if running >= threshold:
+                            top[b, ch, i, j], index[b, ch, i, j] = x[b, ch, y, z], y * w + z
+                            break
+    return top, index
+
+
+STOCHASTIC_CASES = [
+    # params, shape, (kh, kw, sh, sw)
+    ("kernel_size: 3 stride: 2", (2, 2, 6, 5), (3, 3, 2, 2)),
+    ("kernel_size: 2 stride: 2", (1, 3, 4, 4), (2, 2, 2, 2)),
+    ("kernel_h: 3 kernel_w: 2 stride_h: 1 stride_w: 2", (1, 2, 5, 5), (3, 2, 1, 2)),
+    ("kernel_size: 3 stride: 2 pad: 1", (1, 2, 4, 4), (3, 3, 2, 2)),  # the last windows start past the image
+]
+
+
+@checks_forward("Pooling")
+@pytest.mark.parametrize("params,shape,geom", STOCHASTIC_CASES)
+@pytest.mark.parametrize("phase", [caffe_pb2.TRAIN, caffe_pb2.TEST])
+def test_pooling_stochastic_forward(params, shape, geom, phase):
+    x = blob(shape, rng=numpy.random.default_rng(2), low=0.0, high=1.0)
+    x.data[0, 0, 0, :2] = 0.0  # a zero in the first window
+    layer = make_layer(f'type: "Pooling" pooling_param {{ pool: STOCHASTIC {params} }}', phase=phase)
+    top = empty()
+    layer.setup([x], top)
+    backend.set_random_seed(11)
+    layer.Forward([x], top)
+    backend.set_random_seed(11)
+    u = backend.random_uniform(numpy, top[0].shape, numpy.float64) if phase == caffe_pb2.TRAIN else None
+    ref, index = naive_stochastic(x.data, *geom, *top[0].shape[2:], u=u)
+    numpy.testing.assert_allclose(top[0].data, ref, rtol=1e-12)
+    if phase == caffe_pb2.TRAIN:
+        numpy.testing.assert_array_equal(layer.rand_idx, index)
+        first = top[0].data.copy()
+        backend.set_random_seed(11)
+        layer.Forward([x], top)  # re-seeding repeats the draw
+        numpy.testing.assert_array_equal(top[0].data, first)
+
+
+def test_pooling_stochastic_samples_in_proportion():
+    plane = numpy.array([[1.0, 3.0, 0.0, 0.0]])
+    x = blob(numpy.broadcast_to(plane, (1, 4000, 1, 4)).copy())
+    layer = pool_layer("pool: STOCHASTIC kernel_h: 1 kernel_w: 2 stride: 2")
+    top = empty()
+    layer.setup([x], top)
+    backend.set_random_seed(3)
+    layer.Forward([x], top)
+    picks = top[0].data[0, :, 0]
+    assert set(numpy.unique(picks[:, 0])) == {1.0, 3.0}
+    assert abs((picks[:, 0] == 3.0).mean() - 0.75) < 0.03
+    numpy.testing.assert_array_equal(picks[:, 1], 0.0)  # an all-zero window outputs 0 (its first element)
+    top[0].diff[...] = 1.0
+    layer.backward(top, [True], [x])
+    numpy.testing.assert_array_equal(x.diff[0, :, 0, 2], 1.0)  # the first element of the all-zero window
+    numpy.testing.assert_array_equal(x.diff[0, :, 0, 0] + x.diff[0, :, 0, 1], 1.0)
+    numpy.testing.assert_array_equal(x.diff[0, :, 0, 3], 0.0)
+
+
+def test_pooling_stochastic_test_phase_has_no_backward():
+    x = blob((1, 1, 4, 4), low=0.0, high=1.0)
+    layer = make_layer('type: "Pooling" pooling_param { pool: STOCHASTIC kernel_size: 2 stride: 2 }',
+                       phase=caffe_pb2.TEST)
+    top = empty()
+    layer.setup([x], top)
+    layer.Forward([x], top)
+    with pytest.raises(CaffeishError, match="no backward pass in the TEST phase"):
+        layer.backward(top, [True], [x])
+
+
+@checks_gradient("Pooling")
+@pytest.mark.parametrize("params,shape", [
+    ("kernel_size: 3 stride: 2", (1, 2, 5, 5)),
+    ("kernel_h: 2 kernel_w: 3 stride_h: 1 stride_w: 2", (2, 1, 4, 5)),
+])
+def test_pooling_stochastic_gradient(params, shape):
+    # check_gradient re-seeds before every forward pass, so every pass draws the same uniforms; the sampled
+    # position is then piecewise constant in x, and these inputs keep every perturbation off the jumps.
+    x = blob(shape, rng=numpy.random.default_rng(1), low=0.1, high=1.0)
+    check_gradient(pool_layer(f"pool: STOCHASTIC {params}"), [x], empty())
