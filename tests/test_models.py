@@ -219,15 +219,21 @@ def walk_shapes(net, phase=caffe_pb2.TEST, data_shape=None):
         elif t == "Pooling":
             pp = lp.pooling_param
             n, c, h, w = bottoms[0]
-            out = [(n, c, pool_out(h, pp.kernel_size, pp.stride, pp.pad),
-                    pool_out(w, pp.kernel_size, pp.stride, pp.pad))]
+            if pp.global_pooling:  # one window over the whole map
+                out = [(n, c, 1, 1)]
+            else:
+                out = [(n, c, pool_out(h, pp.kernel_size, pp.stride, pp.pad),
+                        pool_out(w, pp.kernel_size, pp.stride, pp.pad))]
         elif t == "InnerProduct":
             out = [(bottoms[0][0], lp.inner_product_param.num_output)]
         elif t == "Concat":
             assert len({(b[0],) + b[2:] for b in bottoms}) == 1, f"{lp.name}: branches disagree: {bottoms}"
             first = bottoms[0]
             out = [(first[0], sum(b[1] for b in bottoms)) + first[2:]]
-        elif t in ("ReLU", "Dropout", "LRN", "Softmax"):
+        elif t == "Eltwise":
+            assert len(set(bottoms)) == 1, f"{lp.name}: Eltwise bottoms disagree: {bottoms}"
+            out = [bottoms[0]]
+        elif t in ("ReLU", "Dropout", "LRN", "Softmax", "BatchNorm", "Scale"):
             out = [bottoms[0]]
         elif t in ("SoftmaxWithLoss", "Accuracy"):
             assert bottoms[1] == (bottoms[0][0],)
