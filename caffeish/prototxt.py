@@ -1,6 +1,8 @@
 """Reading and writing Caffe's text (prototxt) and binary protobuf files.
 
 Parse errors become one ``CaffeishError`` naming the file, line and column.
+Nets and solvers come back upgraded to the current format (``caffeish.upgrade``,
+Caffe's upgrade path), each upgrade logged with the file it was made in.
 Binary writes go through a temporary file and a rename, so an interrupted
 write never leaves a truncated file where a good one was.
 """
@@ -12,6 +14,7 @@ from google.protobuf import text_format
 from .atomic import atomic_path
 from .errors import CaffeishError
 from .proto import caffe_pb2
+from .upgrade import explain_type_parse_error, upgrade_net, upgrade_solver
 
 
 def _read_text(path):
@@ -35,6 +38,10 @@ def parse_text(text, message, path="<string>"):
         prefix = f"{line}:{col} : "
         if reason.startswith(prefix):
             reason = reason[len(prefix):]
+        if line is not None:
+            clearer = explain_type_parse_error(text, line, col, reason, path)
+            if clearer is not None:
+                raise clearer from None
         where = f"{path}:{line}:{col}" if line is not None else str(path)
         raise CaffeishError(f"{where}: cannot parse {message.DESCRIPTOR.name}: {reason}") from None
     return message
@@ -59,19 +66,24 @@ def read_binary_proto(path, message_type):
 
 
 def read_net_param(source):
-    """A NetParameter from a prototxt path, a NetParameter, or prototxt text."""
+    """A NetParameter, upgraded to the current format, from a prototxt path, a NetParameter, or prototxt text.
+
+    A NetParameter that needs no upgrade comes back as it is (the same object).
+    """
     if isinstance(source, caffe_pb2.NetParameter):
-        return source
+        return upgrade_net(source)
     source = os.fspath(source)
     if "\n" in source or "{" in source:
-        return parse_text(source, caffe_pb2.NetParameter())
-    return read_text_proto(source, caffe_pb2.NetParameter)
+        return upgrade_net(parse_text(source, caffe_pb2.NetParameter()), "the prototxt text given")
+    return upgrade_net(read_text_proto(source, caffe_pb2.NetParameter), source)
 
 
 def read_solver_param(source):
+    """A SolverParameter, upgraded to the current format, from a prototxt path or a SolverParameter."""
     if isinstance(source, caffe_pb2.SolverParameter):
-        return source
-    return read_text_proto(os.fspath(source), caffe_pb2.SolverParameter)
+        return upgrade_solver(source)
+    source = os.fspath(source)
+    return upgrade_solver(read_text_proto(source, caffe_pb2.SolverParameter), source)
 
 
 def read_weights(path):
