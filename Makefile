@@ -29,9 +29,12 @@ demo: install
 	$(BIN)/python data_tools/demo.py
 
 bench: install
+	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python bench/time_models.py
 	$(BIN)/python bench/solver_update.py
 	$(BIN)/python bench/data_throughput.py
+	$(BIN)/python bench/vs_torch.py
+	$(BIN)/python bench/layers.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -6,12 +6,51 @@ buffer.  ``share_data``/``share_diff`` point this blob at another's buffer, whic
 is how weight sharing and in-place views work.  ``diff`` is allocated on first
 use, so inference never pays for it.
 """
+import math
+import os
+
 import numpy
 
 from . import backend
 from .errors import CaffeishError
 
 MAX_AXES = 32
+_ALWAYS_FITS = 1 << 20  # smaller blobs skip the memory check
+#: Overrides the memory a net may use (bytes, or with a K/M/G/T suffix: ``512M``); for tests and shared machines.
+MEMORY_LIMIT_ENV = "CAFFEISH_MEMORY_LIMIT"
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def physical_memory():
+    """The machine's physical memory in bytes (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def memory_limit():
+    """(bytes, where the figure comes from): ``CAFFEISH_MEMORY_LIMIT``, else the GPU's or the machine's memory."""
+    raw = os.environ.get(MEMORY_LIMIT_ENV, "").strip()
+    if raw:
+        number, unit = raw.rstrip("KMGTkmgtBb"), raw[len(raw.rstrip("KMGTkmgtBb")):].upper().rstrip("B")
+        try:
+            return int(float(number) * _UNITS[unit[:1]]), f"{MEMORY_LIMIT_ENV}={raw}"
+        except (KeyError, ValueError):
+            raise CaffeishError(f"{MEMORY_LIMIT_ENV}={raw!r} is not a size in bytes (e.g. 8000000000 or 8G)") from None
+    if backend.mode() == backend.GPU:
+        try:
+            return int(backend.cupy.cuda.Device().mem_info[1]), "the GPU's memory"
+        except Exception:  # pragma: no cover - no device query: fall back to the host's memory
+            pass
+    return physical_memory(), "the machine's memory"
+
+
+def format_bytes(n):
+    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
 
 
 class _Buffer:
@@ -43,13 +82,24 @@ class Blob:
             raise CaffeishError(f"blob '{self.name}': {len(shape)} axes is more than the {MAX_AXES} allowed")
         if any(s < 0 for s in shape):
             raise CaffeishError(f"blob '{self.name}': negative dimension in shape {shape}")
-        count = int(numpy.prod(shape, dtype=numpy.int64))
+        count = math.prod(shape)
+        if count > self._count and count * self.dtype.itemsize > _ALWAYS_FITS:
+            self._check_fits(shape, count)
         self._shape, self._count = shape, count
         if self._data_buf is not None and self._data_buf.array.size < count:
             self._data_buf = None
         if self._diff_buf is not None and self._diff_buf.array.size < count:
             self._diff_buf = None
         self._data_view = self._diff_view = None
+
+    def _check_fits(self, shape, count):
+        """Refuse a shape whose data alone would not fit in memory, before anything is allocated."""
+        limit, source = memory_limit()
+        need = count * self.dtype.itemsize
+        if limit is not None and need > limit:
+            raise CaffeishError(f"blob '{self.name}' of shape {shape} would need {format_bytes(need)} ({count} "
+                                f"{self.dtype.name} values), more than {source} ({format_bytes(limit)}); check the "
+                                "sizes that make this shape (num_output, dim, batch_size, kernel and stride)")
 
     def reshape_like(self, other):
         self.reshape(other.shape)
@@ -71,7 +121,7 @@ class Blob:
 
     def canonical_axis(self, axis):
         n = len(self._shape)
-        if not -n <= axis < max(n, 1):
+        if not -n <= axis < n:
             raise CaffeishError(f"axis {axis} is out of range for blob '{self.name}' of shape {self._shape}")
         return axis + n if axis < 0 else axis
 

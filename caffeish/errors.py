@@ -32,6 +32,13 @@ class CaffeishError(Exception):
             self.args = (self._compose(),)
         return self
 
+    def in_file(self, path):
+        """The same error, attributed to a file (keeps an existing attribution or a path the message names)."""
+        if path and self.path is None and str(path) not in self.reason:
+            self.path = path
+            self.args = (self._compose(),)
+        return self
+
 
 def check(condition, message):
     """Raise ``CaffeishError(message)`` unless ``condition`` holds."""

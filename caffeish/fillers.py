@@ -17,14 +17,17 @@ FILLERS = Registry("filler")
 
 def fill(blob, filler_param):
     """Fill ``blob.data`` as ``filler_param`` (a caffe_pb2.FillerParameter) says."""
+    if blob.count == 0:
+        FILLERS.get(filler_param.type)  # an unknown type is still an error
+        return
     values = FILLERS.get(filler_param.type)(blob.shape, filler_param, backend.rng())
     blob.data[...] = backend.to_current(values.astype(blob.dtype, copy=False))
 
 
 def _fans(shape):
     count = int(numpy.prod(shape)) if shape else 1
-    fan_in = count // shape[0] if shape else 1
-    fan_out = count // shape[1] if len(shape) > 1 else count
+    fan_in = count // shape[0] if shape and shape[0] else count
+    fan_out = count // shape[1] if len(shape) > 1 and shape[1] else count
     return fan_in, fan_out
 
 
@@ -48,6 +51,8 @@ def _constant(shape, p, rng):
 def _uniform(shape, p, rng):
     if p.max < p.min:
         raise CaffeishError(f"uniform filler: max ({p.max}) is below min ({p.min})")
+    if not numpy.isfinite(float(p.max) - float(p.min)):
+        raise CaffeishError(f"uniform filler: the range [{p.min:g}, {p.max:g}] is not a finite interval")
     return rng.uniform(p.min, p.max, size=shape)
 
 

@@ -7,11 +7,20 @@ value that offset sees -- or 0 where it falls in the padding (or beyond it).
 This is exactly Caffe's per-image column buffer, stacked over the batch, so a
 weight blob ``(num_output, C/group, *kernel)`` flattened to 2-D multiplies it.
 
-Both functions loop over the kernel offsets only; each step is one strided
-slice over the whole batch.  ``col2im`` is the adjoint: it accumulates the
-overlapping patches and drops what falls in the padding.
+``im2col`` is one copy from a strided view of the (padded) input that holds every
+kernel offset for every output position; ``col2im``, its adjoint, loops over the
+kernel offsets only (each step one strided slice over the whole batch), summing
+the overlapping patches and dropping what falls in the padding.
+
+``im2col_cm`` / ``col2im_cm`` do the same with channel-major columns
+``(C * prod(kernel), N * prod(out))`` -- the images side by side -- so that one
+GEMM per group covers the whole batch; they can write into ``workspace`` buffers
+that are allocated once and reused by every layer, as Caffe's column buffer is.
 """
 import itertools
+import threading
+
+import numpy
 
 from .backend import get_array_module
 from .errors import CaffeishError
@@ -63,20 +72,87 @@ def _interior(spatial, pad):
     return tuple(slice(p, p + size) for size, p in zip(spatial, pad))
 
 
+# -- work buffers ----------------------------------------------------------------------------
+_local = threading.local()
+
+
+def workspace(xp, dtype, slot, size):
+    """A flat work array of at least ``size`` elements, kept and reused across calls and layers.
+
+    One buffer per (array module, dtype, slot) and thread, grown when a larger one is asked for --
+    Caffe's shared column buffer: layers run one at a time, so a slot's contents only live until the
+    next call that asks for the same slot.  Returns the first ``size`` elements.
+    """
+    pool = getattr(_local, "pool", None)
+    if pool is None:
+        pool = _local.pool = {}
+    dtype = numpy.dtype(dtype)
+    key = (xp.__name__, dtype.str, slot)
+    buf = pool.get(key)
+    if buf is None or buf.size < size:
+        pool[key] = None  # drop the old buffer before allocating its successor
+        buf = pool[key] = xp.empty(max(int(size), 1), dtype=dtype)
+    return buf[:size]
+
+
+def release_workspace():
+    """Free this thread's work buffers (they are made again on demand)."""
+    _local.pool = {}
+
+
+def _buffer(xp, dtype, slot, shape):
+    if slot is None:
+        return xp.empty(shape, dtype=dtype)
+    return workspace(xp, dtype, slot, _prod(shape)).reshape(shape)
+
+
+def _as_strided(xp, array, shape, strides):
+    return xp.lib.stride_tricks.as_strided(array, shape=tuple(shape), strides=tuple(strides))
+
+
+def _pad_into(x, pad, padded_shape, slot):
+    """``x`` (N, C, *spatial) centred (offset ``pad``) in zeros of (N, C, *padded_shape); ``x`` if none needed."""
+    spatial = tuple(x.shape[2:])
+    if tuple(padded_shape) == spatial:
+        return x
+    xp = get_array_module(x)
+    target = _buffer(xp, x.dtype, slot, tuple(x.shape[:2]) + tuple(padded_shape))
+    # Only the frame is zeroed; the interior is overwritten.
+    for axis, (size, p, full) in enumerate(zip(spatial, pad, padded_shape)):
+        index = [slice(None)] * target.ndim
+        if p:
+            index[2 + axis] = slice(0, p)
+            target[tuple(index)] = 0
+        if full > p + size:
+            index[2 + axis] = slice(p + size, full)
+            target[tuple(index)] = 0
+    target[(slice(None), slice(None)) + _interior(spatial, pad)] = x
+    return target
+
+
+def _window_view(xp, source, kernel, stride, dilation, out_shape, channel_major):
+    """A strided view of ``source`` (N, C, *padded): every kernel offset for every output position.
+
+    channel_major: (C, *kernel, N, *out); otherwise (N, C, *kernel, *out).  No copy is made.
+    """
+    s = source.strides
+    n, c = source.shape[:2]
+    k_strides = tuple(s[2 + a] * d for a, d in enumerate(dilation))
+    o_strides = tuple(s[2 + a] * st for a, st in enumerate(stride))
+    if channel_major:
+        return _as_strided(xp, source, (c,) + tuple(kernel) + (n,) + tuple(out_shape),
+                           (s[1],) + k_strides + (s[0],) + o_strides)
+    return _as_strided(xp, source, (n, c) + tuple(kernel) + tuple(out_shape), (s[0], s[1]) + k_strides + o_strides)
+
+
 def im2col(x, kernel, stride, pad, dilation, out_shape=None):
     """``x`` (N, C, *spatial) -> columns (N, C * prod(kernel), prod(out_shape))."""
     xp = get_array_module(x)
     n, c = x.shape[:2]
-    spatial = x.shape[2:]
-    out_shape, padded_shape, offsets, slices = _geometry(spatial, kernel, stride, pad, dilation, out_shape)
-    if padded_shape == tuple(spatial):
-        source = x
-    else:
-        source = xp.zeros((n, c) + padded_shape, dtype=x.dtype)
-        source[(slice(None), slice(None)) + _interior(spatial, pad)] = x
-    cols = xp.empty((n, c, len(offsets)) + out_shape, dtype=x.dtype)
-    for k, offset in enumerate(offsets):
-        cols[:, :, k] = source[(slice(None), slice(None)) + slices(offset)]
+    out_shape, padded_shape, offsets, _ = _geometry(x.shape[2:], kernel, stride, pad, dilation, out_shape)
+    source = _pad_into(x, pad, padded_shape, "im2col.pad")
+    cols = xp.empty((n, c) + tuple(kernel) + out_shape, dtype=x.dtype)
+    cols[...] = _window_view(xp, source, kernel, stride, dilation, out_shape, channel_major=False)
     return cols.reshape(n, c * len(offsets), -1)
 
 
@@ -98,6 +174,129 @@ def col2im(cols, x_shape, kernel, stride, pad, dilation, out_shape=None):
     if padded_shape == spatial:
         return target
     return target[(slice(None), slice(None)) + _interior(spatial, pad)]
+
+
+# -- channel-major columns: one GEMM for the whole batch ----------------------------------------
+def im2col_cm(x, kernel, stride, pad, dilation, out_shape=None, slot=None):
+    """``x`` (N, C, *spatial) -> channel-major columns (C * prod(kernel), N * prod(out)).
+
+    Row ``c * prod(kernel) + k`` is Caffe's column row for channel ``c`` and kernel offset ``k``,
+    the images side by side along the columns, so that a weight matrix (O, C * prod(kernel))
+    multiplies the whole batch in one GEMM (rows of a group are contiguous: split C into groups).
+    One strided copy from the (padded) input; with ``slot`` the result lives in that work buffer
+    (and so does the padded input, in ``slot + '.pad'``).
+    """
+    xp = get_array_module(x)
+    n, c = x.shape[:2]
+    out_shape, padded_shape, offsets, _ = _geometry(x.shape[2:], kernel, stride, pad, dilation, out_shape)
+    source = _pad_into(x, pad, padded_shape, None if slot is None else slot + ".pad")
+    shape = (c,) + tuple(kernel) + (n,) + out_shape
+    cols = _buffer(xp, x.dtype, slot, shape)
+    cols[...] = _window_view(xp, source, kernel, stride, dilation, out_shape, channel_major=True)
+    return cols.reshape(c * len(offsets), n * _prod(out_shape))
+
+
+def col2im_cm(cols, out, kernel, stride, pad, dilation, out_shape=None, slot=None):
+    """The adjoint of ``im2col_cm``: channel-major columns -> ``out`` (N, C, *spatial), overwritten.
+
+    Overlapping patches are summed and what falls in the padding dropped.  ``slot`` names the work
+    buffer for the padded sum (none is needed when there is no padding).  Returns ``out``.
+    """
+    xp = get_array_module(cols)
+    n, c = out.shape[:2]
+    spatial = tuple(out.shape[2:])
+    out_shape, padded_shape, offsets, slices = _geometry(spatial, kernel, stride, pad, dilation, out_shape)
+    expect = (c * len(offsets), n * _prod(out_shape))
+    if tuple(cols.shape) != expect:
+        raise CaffeishError(f"col2im: columns of shape {tuple(cols.shape)} do not match {expect} "
+                            f"for input {(n, c) + spatial}")
+    padded = padded_shape != spatial
+    target = _buffer(xp, cols.dtype, slot, (n, c) + padded_shape) if padded else out
+    cols = cols.reshape((c,) + tuple(kernel) + (n,) + out_shape)
+    if _disjoint(kernel, stride, dilation):
+        # Windows that do not overlap: every position is written at most once, so assign, zeroing the rest.
+        if _covers(padded_shape, kernel, stride, dilation, out_shape):
+            view = _window_view(xp, target, kernel, stride, dilation, out_shape, channel_major=True)
+            view[...] = cols
+        else:
+            target[...] = 0
+            _window_view(xp, target, kernel, stride, dilation, out_shape, channel_major=True)[...] = cols
+    else:
+        target[...] = 0
+        swapped = target.swapaxes(0, 1)  # (C, N, *padded): the columns' axis order
+        for offset in offsets:
+            swapped[(slice(None), slice(None)) + slices(offset)] += cols[(slice(None),) + offset]
+    if padded:
+        out[...] = target[(slice(None), slice(None)) + _interior(spatial, pad)]
+    return out
+
+
+def wide_ok(kernel, stride, pad, dilation, spatial):
+    """Whether ``col2im_cm_wide`` applies (unit stride on the last axis) and pays: the wide rows cost
+    (padded width / output width) more GEMM work, worth it while that stays under 1.5."""
+    out_shape, padded_shape, _, _ = _geometry(spatial, kernel, stride, pad, dilation, None)
+    return stride[-1] == 1 and padded_shape[-1] * 2 <= out_shape[-1] * 3
+
+
+def wide_width(kernel, stride, pad, dilation, spatial):
+    """The padded length of the last axis: the row length of wide columns."""
+    return _geometry(spatial, kernel, stride, pad, dilation, None)[1][-1]
+
+
+def col2im_cm_wide(cols, out, kernel, stride, pad, dilation, out_shape=None, slot=None):
+    """``col2im_cm`` for wide columns, when the stride along the last axis is 1.
+
+    Wide columns have ``(C * prod(kernel), N * prod(out[:-1]) * Wp)``: each output row is as long
+    as the padded input row ``Wp``, the columns past the true output width being 0 (the GEMM of
+    a top gradient padded with zeros so gives them).  Then, for one kernel offset, a whole output
+    row -- and with unit strides a whole image plane -- lands on consecutive input elements, so
+    each offset's sum is a few long contiguous runs instead of many short strided ones; the zero
+    columns fall on other elements (or a little past the plane, into slack) and change nothing.
+    """
+    xp = get_array_module(cols)
+    n, c = out.shape[:2]
+    spatial = tuple(out.shape[2:])
+    out_shape, padded_shape, offsets, _ = _geometry(spatial, kernel, stride, pad, dilation, out_shape)
+    if stride[-1] != 1:
+        raise CaffeishError(f"col2im_cm_wide needs unit stride on the last axis, got stride {tuple(stride)}")
+    nd = len(spatial)
+    width = padded_shape[-1]
+    rows = out_shape[:-1]
+    expect = (c * len(offsets), n * _prod(rows) * width)
+    if tuple(cols.shape) != expect:
+        raise CaffeishError(f"col2im: wide columns of shape {tuple(cols.shape)} do not match {expect} "
+                            f"for input {(n, c) + spatial}")
+    plane = _prod(padded_shape)
+    axis_step = [_prod(padded_shape[a + 1:]) for a in range(nd)]  # elements between neighbours on axis a
+    # The furthest element any offset's run reaches, from its plane's start: the slack past the last plane.
+    reach = (sum((k - 1) * d * st for k, d, st in zip(kernel, dilation, axis_step))
+             + sum((o - 1) * s * st for o, s, st in zip(rows, stride[:-1], axis_step[:-1])) + width)
+    slack = max(0, reach - plane)
+    flat = _buffer(xp, cols.dtype, slot, (n * c * plane + slack,))
+    flat[...] = 0
+    item = flat.itemsize
+    view_shape = (c, n) + tuple(rows) + (width,)
+    view_strides = tuple(v * item for v in (plane, c * plane)
+                         + tuple(s * st for s, st in zip(stride[:-1], axis_step[:-1])) + (1,))
+    wide = cols.reshape((c,) + tuple(kernel) + (n,) + tuple(rows) + (width,))
+    for offset in offsets:
+        start = sum(o * d * st for o, d, st in zip(offset, dilation, axis_step))
+        view = _as_strided(xp, flat[start:], view_shape, view_strides)
+        view += wide[(slice(None),) + offset]
+    target = flat[:n * c * plane].reshape((n, c) + padded_shape)
+    out[...] = target[(slice(None), slice(None)) + _interior(spatial, pad)]
+    return out
+
+
+def _disjoint(kernel, stride, dilation):
+    """Whether no two (offset, output position) pairs read the same input element, on every axis."""
+    return all(st >= d * (k - 1) + 1 for k, st, d in zip(kernel, stride, dilation))
+
+
+def _covers(padded_shape, kernel, stride, dilation, out_shape):
+    """Whether the windows tile the padded extent exactly (then no position is left unwritten)."""
+    return all(k == st and d == 1 and o * st == size
+               for size, k, st, d, o in zip(padded_shape, kernel, stride, dilation, out_shape))
 
 
 def _prod(values):

@@ -59,7 +59,10 @@ def arraylist_to_blobprotovector_str(arraylist):
 
 def blobprotovector_str_to_arraylist(text):
     vec = caffe_pb2.BlobProtoVector()
-    vec.ParseFromString(text)
+    try:
+        vec.ParseFromString(text)
+    except Exception as e:  # DecodeError, or RuntimeError/ValueError from the C++ backend (as parse_datum)
+        raise CaffeishError(f"not a serialized BlobProtoVector ({e})") from None
     return [blobproto_to_array(b) for b in vec.blobs]
 
 

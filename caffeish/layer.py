@@ -30,7 +30,10 @@ def register_layer(type_name):
 
 def create_layer(layer_param, dtype=numpy.float32):
     """Instantiate the registered class for ``layer_param.type``."""
-    cls = LAYERS.get(layer_param.type, context=f"layer '{layer_param.name}'")
+    try:
+        cls = LAYERS.get(layer_param.type)
+    except CaffeishError as e:
+        raise e.in_layer(layer_param.name, layer_param.type) from None
     return cls(layer_param, dtype=dtype)
 
 
@@ -104,6 +107,8 @@ class Layer:
     def Forward(self, bottom, top):
         """Reshape, forward, and return this layer's weighted loss."""
         self.reshape(bottom, top)
+        if top and all(blob.count == 0 for blob in top):
+            return 0.0  # nothing to compute (an empty batch): layers need not handle 0-sized arrays
         self.forward(bottom, top)
         loss = 0.0
         for blob, weight in zip(top, self.loss_weights):
@@ -112,8 +117,14 @@ class Layer:
         return loss
 
     def Backward(self, top, propagate_down, bottom):
-        if self.has_backward:
-            self.backward(top, propagate_down, bottom)
+        if not self.has_backward:
+            return
+        if top and all(blob.count == 0 for blob in top):
+            for blob, down in zip(bottom, propagate_down):  # an empty output: every gradient is zero
+                if down and blob.count:
+                    blob.diff[...] = 0
+            return
+        self.backward(top, propagate_down, bottom)
 
     def set_loss_weights(self, top):
         weights = list(self.param.loss_weight)
@@ -170,6 +181,12 @@ class LossLayer(Layer):
         return bottom_index != 1  # never into labels
 
     def reshape(self, bottom, top):
+        if bottom[0].num_axes == 0:
+            raise CaffeishError(f"bottom[0] '{bottom[0].name}' is a scalar (shape ()); a loss needs the examples "
+                                "on its first axis")
+        if bottom[0].count == 0:
+            raise CaffeishError(f"bottom[0] '{bottom[0].name}' of shape {bottom[0].shape} holds no values; a loss "
+                                "needs at least one example")
         if bottom[0].shape[:1] != bottom[1].shape[:1]:
             raise CaffeishError(
                 f"the first axis of bottom[0] {bottom[0].shape} and bottom[1] {bottom[1].shape} "

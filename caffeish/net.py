@@ -12,7 +12,7 @@ from collections import OrderedDict
 import numpy
 
 from . import backend
-from .blob import Blob
+from .blob import Blob, format_bytes, memory_limit
 from .errors import CaffeishError
 from .layer import create_layer
 from .net_graph import filter_net, insert_splits
@@ -32,6 +32,9 @@ class Net:
     ``Net(model, phase, level=0, stages=(), weights=None)``, where ``model`` is a
     prototxt path, prototxt text or a ``caffe_pb2.NetParameter``.
     """
+    #: Called with the layer id after each layer's backward (data-parallel training starts the
+    #: all-reduce of that layer's parameter gradients from here); None: nothing is called.
+    on_layer_backward = None
 
     def __init__(self, model, *args, phase=None, level=None, stages=None, weights=None,
                  dtype=numpy.float32, debug_info=None, source_dir=None):
@@ -51,6 +54,8 @@ class Net:
             python_layer.PYTHON_LAYER_PATHS.insert(0, source_dir)
         try:
             self._build(param, phase, level, stages, numpy.dtype(dtype), debug_info)
+        except CaffeishError as e:
+            raise e.in_file(self.source) from None
         finally:
             if source_dir:
                 python_layer.PYTHON_LAYER_PATHS.remove(source_dir)
@@ -129,6 +134,7 @@ class Net:
                         self.inputs.append(name)
                 tops.append(blob)
                 available[name] = blob
+            in_place = [(j, blob.shape) for j, blob in enumerate(tops) if j < len(bottoms) and blob is bottoms[j]]
             try:
                 layer.setup(bottoms, tops)
             except CaffeishError as e:
@@ -136,6 +142,11 @@ class Net:
             except ValueError as e:  # numpy's word for shapes that do not fit
                 raise CaffeishError(f"shapes do not fit ({e}); bottom shapes: "
                                     f"{[b.shape for b in bottoms]}", layer=lp.name, layer_type=lp.type) from e
+            for j, shape in in_place:
+                if tops[j].shape != shape:
+                    raise CaffeishError(f"cannot run in place: its top '{tops[j].name}' would change shape from "
+                                        f"{shape} to {tops[j].shape}; give the top a name of its own",
+                                        layer=lp.name, layer_type=lp.type)
             for j, blob in enumerate(tops):
                 w = layer.loss(j)
                 if w:
@@ -167,6 +178,27 @@ class Net:
         self.outputs = list(available)
         self._share_weights()
         self.layer_dict = OrderedDict(zip(self._layer_names, self.layers))
+        self._check_memory()
+
+    def _check_memory(self):
+        """Refuse a net whose blobs (data, and diffs when it learns) would not fit in memory, naming the largest."""
+        sizes = {}
+        for blob in list(self.blobs.values()) + self._params:
+            key = id(blob._data_buf) if blob._data_buf is not None else id(blob)
+            sizes[key] = max(sizes.get(key, (0, None))[0], blob.count * blob.dtype.itemsize), blob
+        total = sum(size for size, _ in sizes.values())
+        backward = any(self.layer_need_backward)
+        need = total * 2 if backward else total
+        limit, source = memory_limit()
+        if limit is None or need <= limit:
+            return
+        largest = sorted(sizes.values(), key=lambda item: -item[0])[:3]
+        names = ", ".join(f"'{blob.name}' {blob.shape} {format_bytes(size)}" for size, blob in largest)
+        what = f"net '{self.name}'" if self.name else "the net"
+        raise CaffeishError(f"{what} would need {format_bytes(need)} for its blobs"
+                            f"{' (data and gradients)' if backward else ''}, more than {source} "
+                            f"({format_bytes(limit)}); the largest blobs: {names}. Check the sizes that make them "
+                            "(num_output, dim, batch_size, kernel and stride)")
 
     def _append_param(self, lp, layer, layer_id, pid):
         spec = lp.param[pid] if pid < len(lp.param) else None
@@ -272,6 +304,8 @@ class Net:
             self.layers[lid].Backward(self.top_vecs[lid], self.bottom_need_backward[lid], self.bottom_vecs[lid])
             if self.debug_info:
                 self._log_backward(lid)
+            if self.on_layer_backward is not None:
+                self.on_layer_backward(lid)
 
     def forward(self, blobs=None, start=None, end=None, **inputs):
         """pycaffe's Net.forward: set ``inputs`` (name=array), run, return {output: data}."""
@@ -293,7 +327,9 @@ class Net:
     def backward(self, diffs=None, start=None, end=None, **top_diffs):
         """pycaffe's Net.backward: optional output diffs by name; returns {input: diff}."""
         for name, value in top_diffs.items():
-            self.blobs[name].diff[...] = backend.to_current(value, self.blobs[name].dtype)
+            if name not in self.blobs:
+                raise CaffeishError(f"backward(): '{name}' is not a blob of net '{self.name}'")
+            self.blobs[name].diff = backend.to_current(value, self.blobs[name].dtype)
         start_id = self._layer_index(start) if start is not None else len(self.layers) - 1
         end_id = self._layer_index(end) if end is not None else 0
         self.backward_from_to(start_id, end_id)

@@ -1,4 +1,6 @@
 """String registries (Caffe's LayerRegistry/SolverRegistry), shared by layers, solvers and CLI verbs."""
+import difflib
+
 from .errors import CaffeishError
 
 
@@ -22,7 +24,9 @@ class Registry:
         except KeyError:
             known = ", ".join(sorted(self._entries))
             where = f"{context}: " if context else ""
-            raise CaffeishError(f"{where}unknown {self.kind} type '{name}' (known types: {known})") from None
+            close = difflib.get_close_matches(str(name), list(self._entries), n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise CaffeishError(f"{where}unknown {self.kind} type '{name}'{hint} (known types: {known})") from None
 
     def names(self):
         return sorted(self._entries)

@@ -101,9 +101,11 @@ def main(argv=None):
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         return 130
-    except click.ClickException as e:
-        e.show()
-        return e.exit_code
+    except click.ClickException as e:  # a mistake on the command line: the same one paragraph, exit 1
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        click.echo(f"caffeish: error: {e.format_message()}{hint}", err=True)
+        return 1
     except click.exceptions.Exit as e:
         return e.exit_code
     return 0

@@ -82,7 +82,11 @@ def _mean(mean_file, mean_value, channels, height, width):
     else:
         from ..io import read_mean_binaryproto
         mean = read_mean_binaryproto(mean_file)
-    mean = numpy.asarray(mean, dtype=numpy.float32)
+    try:
+        mean = numpy.asarray(mean, dtype=numpy.float32)
+    except (TypeError, ValueError):
+        raise CaffeishError(f"the mean file {mean_file} holds {getattr(mean, 'dtype', type(mean))} values, not "
+                            "numbers") from None
     if mean.ndim == 1:
         mean = mean.reshape(-1, 1, 1)
     if mean.ndim != 3 or mean.shape[0] != channels:
@@ -103,6 +107,8 @@ def _labels(path, classes):
             names = [line.rstrip("\n").strip() for line in f]
     except OSError as e:
         raise CaffeishError(f"cannot read {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise CaffeishError(f"{path} is not a text file of class names (UTF-8, one a line)") from None
     while names and not names[-1]:
         names.pop()
     if len(names) != classes:

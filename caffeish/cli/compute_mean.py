@@ -45,11 +45,11 @@ def compute_mean(db, log_every=LOG_EVERY):
     try:
         while cur.valid():
             key = cur.key()
-            arr = cio.datum_to_array(cio.parse_datum(cur.value(), f"{db.path}: record {key!r}"))
+            arr = cio.datum_to_array(cio.parse_datum(cur.value(), f"{db.path}: record {key[:64]!r}"))
             if shape is None:
                 shape, first_key, total = arr.shape, key, numpy.zeros(arr.shape, numpy.float64)
             elif arr.shape != shape:
-                raise CaffeishError(f"record {key!r} is {arr.shape} (C, H, W) but the first record {first_key!r} "
+                raise CaffeishError(f"record {key[:64]!r} is {arr.shape} (C, H, W) but the first record {first_key!r} "
                                     f"is {shape}; a mean image needs one image size (convert with "
                                     f"--resize-height/--resize-width)", path=db.path)
             total += arr
@@ -77,7 +77,10 @@ def compute_mean_command(db, out, backend):
         raise CaffeishError("the database is empty (no records)", path=db)
     if out:
         log.info("Write to %s", out)
-        cio.write_mean_binaryproto(out, mean)
+        try:
+            cio.write_mean_binaryproto(out, mean)
+        except OSError as e:
+            raise CaffeishError(f"cannot write the mean file: {e.strerror or e}", path=out) from None
     channels = mean.shape[0]
     log.info("Number of channels: %d", channels)
     for c in range(channels):

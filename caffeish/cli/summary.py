@@ -1,6 +1,7 @@
 """``caffeish summary NET``: each layer's top shapes, parameter count and multiply-adds, with totals."""
 import click
 
+from ..errors import CaffeishError
 from ..net import Net
 from ..proto import caffe_pb2
 from ..prototxt import read_net_param
@@ -24,5 +25,9 @@ def summary_command(net, phase, level, stage):
     param = read_net_param(net)
     state = caffe_pb2.NetState(phase=parse_phase(phase), level=level, stage=parse_stages(stage))
     check_data_sources(param, state, net)
-    with Net(param, phase=state.phase, level=state.level, stages=list(state.stage)) as built:
+    try:
+        built = Net(param, phase=state.phase, level=state.level, stages=list(state.stage))
+    except CaffeishError as e:
+        raise e.in_file(net) from None
+    with built:
         click.echo(format_summary(summarize(built)), nl=False)

@@ -16,7 +16,7 @@ log = logging.getLogger("caffeish")
 @click.command()
 @click.option("--model", required=True, type=click.Path(), help="The model definition (prototxt).")
 @click.option("--weights", required=True, help="The trained weights (.caffemodel or .caffemodel.h5).")
-@click.option("--iterations", default=50, type=int, show_default=True, help="Batches to score.")
+@click.option("--iterations", default=50, type=click.IntRange(min=1), show_default=True, help="Batches to score.")
 @gpu_option
 @level_option
 @stage_option

@@ -17,6 +17,52 @@ def _sync():
         backend.cupy.cuda.Device().synchronize()
 
 
+def gemm_peak(size=1024, repeats=5):
+    """GFLOP/s of a square float32 matmul on the current device: the yardstick for the per-layer rates."""
+    xp = backend.xp()
+    a = xp.ones((size, size), dtype="float32")
+    b = xp.ones((size, size), dtype="float32")
+    out = xp.empty((size, size), dtype="float32")
+    xp.matmul(a, b, out=out)  # warm-up: threads, caches, kernels
+    _sync()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        xp.matmul(a, b, out=out)
+        _sync()
+        best = min(best, time.perf_counter() - t)
+    return 2.0 * size ** 3 / best / 1e9
+
+
+def layer_flops(net, i):
+    """Forward floating-point operations of layer ``i`` (2 per multiply-add), or None when it has no GEMM.
+
+    Convolution: 2 * images * weights * output positions; Deconvolution likewise with its input positions;
+    InnerProduct: 2 * M * weights.  Backward does about twice as many (the input's and the weights' GEMMs).
+    """
+    layer = net.layers[i]
+    if layer.type not in ("Convolution", "Deconvolution", "InnerProduct") or not layer.blobs:
+        return None
+    weights = layer.blobs[0].count
+    flops = 0
+    for _ in net.bottom_vecs[i]:
+        if layer.type == "InnerProduct":
+            flops += 2 * getattr(layer, "M", 1) * weights
+            continue
+        positions = 1
+        for s in (layer.out_shape if layer.type == "Convolution" else layer.spatial):
+            positions *= s
+        flops += 2 * getattr(layer, "num", 1) * weights * positions
+    return flops
+
+
+def _rate(flops, ms, peak):
+    if not flops or ms <= 0:
+        return ""
+    rate = flops / (ms * 1e6)
+    return f" ({rate:.1f} GFLOP/s, {100.0 * rate / peak:.0f}% of peak)" if peak else f" ({rate:.1f} GFLOP/s)"
+
+
 def benchmark(net, iterations):
     """Per-layer mean forward and backward ms over ``iterations`` runs, plus totals.
 
@@ -64,15 +110,19 @@ def time_command(model, iterations, phase, level, stage, gpu):
     log.info("Initial loss: %g", loss)
     log.info("Performing Backward")
     net.backward_from_to()
+    peak = gemm_peak()
+    log.info("GEMM peak: %.1f GFLOP/s (float32 1024 x 1024 matmul)", peak)
     log.info("*** Benchmark begins ***")
     log.info("Testing for %d iterations.", iterations)
     t0 = time.perf_counter()
     fwd, bwd, total_f, total_b = benchmark(net, iterations)
     total = (time.perf_counter() - t0) * 1e3
     log.info("Average time per layer: ")
-    for layer, f, b in zip(net.layers, fwd, bwd):
-        log.info("%10s\tforward: %.5g ms.", layer.name, f)
-        log.info("%10s\tbackward: %.5g ms.", layer.name, b)
+    for i, (layer, f, b) in enumerate(zip(net.layers, fwd, bwd)):
+        flops = layer_flops(net, i)
+        ran_backward = any(net.bottom_need_backward[i]) or any(layer.param_propagate_down)
+        log.info("%10s\tforward: %.5g ms.%s", layer.name, f, _rate(flops, f, peak))
+        log.info("%10s\tbackward: %.5g ms.%s", layer.name, b, _rate(flops and ran_backward and 2 * flops, b, peak))
     log.info("Average Forward pass: %.5g ms.", total_f)
     log.info("Average Backward pass: %.5g ms.", total_b)
     log.info("Average Forward-Backward: %.5g ms.", total_f + total_b)

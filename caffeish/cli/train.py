@@ -6,14 +6,14 @@ import time
 
 import click
 
-from .. import backend
+from .. import backend, parallel
 from ..errors import CaffeishError
 from ..proto import caffe_pb2
 from ..prototxt import read_solver_param
 from ..solvers import SOLVERS, upgrade_solver_type
 from ..weights import load_weights
 from . import register_command
-from .common import gpu_option, level_option, parse_stages, select_device, stage_option
+from .common import gpu_option, level_option, parse_gpus, parse_stages, select_device, stage_option
 
 log = logging.getLogger("caffeish")
 EFFECTS = click.Choice(["stop", "snapshot", "none"])
@@ -88,17 +88,25 @@ class _ClearBar(logging.Filter):
         return True
 
 
-def _choose_device(gpu, param):
+def _choose_device(gpu, param, world=None):
     if gpu is None and param.HasField("solver_mode") and param.solver_mode == caffe_pb2.SolverParameter.GPU:
         if backend.gpu_available():
-            gpu = str(param.device_id)
+            gpu = "all" if world is not None else str(param.device_id)
         else:
             log.warning("The solver asks for GPU mode, but no CUDA device is available: running on the CPU")
+    if world is not None and parse_gpus(gpu):  # one GPU per rank, picked by the local rank
+        gpus = parse_gpus(gpu)
+        device = parallel.rank_gpu(world, gpus)
+        select_device(str(device))
+        log.info("Using GPU %d on rank 0; every rank takes the GPU of its local rank among %s (NCCL all-reduce)",
+                 device, ", ".join(map(str, gpus)))
+        return
     gpus = select_device(gpu)
     if gpus:
         log.info("Using GPUs %s", ", ".join(map(str, gpus)))
         if len(gpus) > 1:
-            log.warning("Multi-GPU training is not available yet: training on GPU %d only", gpus[0])
+            log.warning("Multi-GPU training in one process is not available: training on GPU %d only (start one "
+                        "process per GPU with mpiexec for data-parallel training)", gpus[0])
     else:
         log.info("Use CPU.")
 
@@ -115,35 +123,68 @@ def _choose_device(gpu, param):
               help="What Ctrl-C does: stop (after a snapshot if snapshot_after_train), snapshot, or none.")
 @click.option("--sighup-effect", default="snapshot", type=EFFECTS, show_default=True, help="What SIGHUP does.")
 @click.option("--progress/--no-progress", default=None, help="A progress bar (default: when stderr is a terminal).")
-def train(solver, weights, snapshot, gpu, level, stage, sigint_effect, sighup_effect, progress):
-    """Train a model from a solver file (as `caffe train`)."""
+@click.option("--on-snapshot-error", default="stop", type=click.Choice(["stop", "continue"]), show_default=True,
+              help="When a snapshot cannot be written (a full disk): stop with an error, or log it and train on. "
+                   "Either way the previous snapshot is kept.")
+@click.option("--mpi/--no-mpi", default=None,
+              help="Data-parallel training over MPI ranks (default: when started by mpiexec with more than one "
+                   "process).")
+@click.option("--mpi-timeout", default=parallel.DEFAULT_TIMEOUT, type=float, show_default=True,
+              help="Seconds an all-reduce waits for the other ranks before ending the job (0: for ever).")
+def train(solver, weights, snapshot, gpu, level, stage, sigint_effect, sighup_effect, progress, mpi, mpi_timeout,
+          on_snapshot_error="stop"):
+    """Train a model from a solver file (as `caffe train`); under mpiexec, data-parallel over the ranks."""
     if weights and snapshot:
         raise CaffeishError("give --snapshot to resume training or --weights to fine-tune, not both")
+    if not parallel.want_mpi(mpi):
+        return _train(solver, weights, snapshot, gpu, level, stage, sigint_effect, sighup_effect, progress,
+                      on_snapshot_error=on_snapshot_error)
+    world = parallel.World(mpi_timeout)
+    world.quiet_other_ranks()
+    try:
+        _train(solver, weights, snapshot, gpu, level, stage, sigint_effect, sighup_effect, progress, world,
+               on_snapshot_error=on_snapshot_error)
+    except BaseException as e:  # one rank failing ends the whole job, never a hang
+        world.fail(e)
+
+
+def _train(solver, weights, snapshot, gpu, level, stage, sigint_effect, sighup_effect, progress, world=None,
+           on_snapshot_error="stop"):
     param = caffe_pb2.SolverParameter()
     param.CopyFrom(read_solver_param(solver))
     upgrade_solver_type(param)
-    _choose_device(gpu, param)
+    _choose_device(gpu, param, world)
+    if world is not None:
+        parallel.shared_seed(world, param)
     cls = SOLVERS.get(param.type, context=f"solver {solver}")
-    s = cls(solver, level=level, stages=parse_stages(stage))
-    if snapshot:
+    try:
+        s = cls(solver, level=level, stages=parse_stages(stage))
+    except CaffeishError as e:
+        raise e.in_file(solver) from None
+    s.on_snapshot_error = on_snapshot_error
+    dp = parallel.DataParallel(s, world) if world is not None else None
+    root = world is None or world.root  # rank 0 reads --snapshot/--weights and broadcasts them
+    if snapshot and root:
         log.info("Resuming from %s", snapshot)
         s.restore(snapshot)
-    elif weights:
+    elif weights and root:
         for path in [w for w in weights.split(",") if w]:
             log.info("Finetuning from %s", path)
             for net in [s.net] + s.test_nets:
                 load_weights(net, path)
+    if dp is not None:
+        dp.broadcast_from_root(resumed=bool(snapshot))
     if progress is None:
         progress = sys.stderr.isatty()
     handler = next((h for h in log.handlers if getattr(h, "_caffeish", False)), None)
     bar_filter = None
-    if progress and handler is not None:
+    if progress and handler is not None and root:
         s.on_iteration = ProgressBar(sys.stderr, param.max_iter)
         bar_filter = _ClearBar(s.on_iteration)
         handler.addFilter(bar_filter)
     try:
         with SignalActions(sigint_effect, sighup_effect) as actions:
-            s.action_request = actions
+            s.action_request = dp.agree(actions) if dp is not None else actions
             log.info("Starting Optimization")
             s.solve()
     finally:
@@ -152,4 +193,6 @@ def train(solver, weights, snapshot, gpu, level, stage, sigint_effect, sighup_ef
             sys.stderr.write("\n")
         for net in [s.net] + s.test_nets:
             net.close()
+    if dp is not None:
+        dp.finish()
     log.info("Optimization Done.")

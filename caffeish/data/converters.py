@@ -14,6 +14,8 @@ import dataclasses
 import gzip
 import logging
 import os
+import zipfile
+import zlib
 
 import numpy
 
@@ -57,13 +59,22 @@ class Summary:
     list_path: str = None
 
 
-def write_records(db_path, records, *, backend="lmdb", overwrite=False, rows_per_file=None, map_size=None,
-                  log_every=COMMIT_EVERY, noun="files", batch_size=COMMIT_EVERY):
+def write_records(db_path, records, **options):
     """Build the database at ``db_path`` from ``records`` (an iterable of Record), atomically.
 
-    Returns a Summary.  ``records`` may raise CaffeishError midway: nothing then appears at ``db_path``
-    (and an older database there is kept).
+    Returns a Summary.  ``records`` may raise CaffeishError midway, or the disk fill up: nothing then
+    appears at ``db_path`` (and an older database there is kept).  Options: see ``_write_records``.
     """
+    try:
+        return _write_records(db_path, records, **options)
+    except OSError as e:  # a full disk, a file-size limit, a read-only directory
+        reason = os.strerror(e.errno) if e.errno else str(e)
+        raise CaffeishError(f"cannot write the database: {reason}; nothing was written there (an older database "
+                            "at this path is kept)", path=os.path.abspath(os.fspath(db_path))) from None
+
+
+def _write_records(db_path, records, *, backend="lmdb", overwrite=False, rows_per_file=None, map_size=None,
+                   log_every=COMMIT_EVERY, noun="files", batch_size=COMMIT_EVERY):
     name = backend_name(backend, db_path)
     if rows_per_file is not None and name != "hdf5":
         raise CaffeishError("--rows-per-file applies to --backend hdf5 only")
@@ -72,7 +83,7 @@ def write_records(db_path, records, *, backend="lmdb", overwrite=False, rows_per
     log_every = max(1, int(log_every))
     with atomic_db_path(final, overwrite) as tmp:
         if name == "lmdb":
-            db = LMDB(tmp, "w", map_size=map_size, batch_size=batch_size)
+            db = LMDB(tmp, "w", map_size=map_size, batch_size=batch_size, name=final)
             try:
                 txn = db.transaction()
                 for record in records:
@@ -345,7 +356,7 @@ def npz_records(path, backend="lmdb"):
         arrays = numpy.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise CaffeishError("no such file", path=path) from None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise CaffeishError(f"is not a readable .npz file ({e})", path=path) from None
     if not hasattr(arrays, "files"):
         raise CaffeishError("holds a single array; an .npz with arrays 'data' and 'label' is needed", path=path)
@@ -354,7 +365,10 @@ def npz_records(path, backend="lmdb"):
         if missing:
             raise CaffeishError(f"has no array {' or '.join(repr(m) for m in missing)} (it holds: "
                                 f"{', '.join(arrays.files) or 'nothing'})", path=path)
-        data, label = arrays["data"], arrays["label"]
+        try:
+            data, label = arrays["data"], arrays["label"]
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            raise CaffeishError(f"is a damaged .npz file: its arrays cannot be read ({e})", path=path) from None
     if data.ndim == 3:
         data = data[:, numpy.newaxis]
     elif data.ndim == 2:

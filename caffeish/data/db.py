@@ -31,6 +31,7 @@ per row, so tools like ``compute-mean`` work on either backend.
 it into place only when the build succeeds.
 """
 import contextlib
+import logging
 import os
 import shutil
 import tempfile
@@ -39,8 +40,11 @@ import h5py
 import numpy
 from google.protobuf import message as pb_message
 
+from ..atomic import fsync_directory, process_alive
 from ..errors import CaffeishError
 from ..proto import caffe_pb2
+
+log = logging.getLogger("caffeish")
 
 COMMIT_EVERY = 1000
 INITIAL_MAP_SIZE = 1 << 26      # 64 MiB; doubled on demand
@@ -101,6 +105,8 @@ def open_db(path, backend="lmdb", mode="r", **options):
     refuse an empty LMDB or one whose first value is not a Datum).  Writing options: LMDB
     ``map_size``, ``batch_size``; HDF5 ``rows_per_file``, ``list_prefix``.
     """
+    if mode == "r" and not os.path.lexists(os.fspath(path)):
+        recover_interrupted_build(path)  # a killed `convert --overwrite` may have left it aside
     name = backend_name(backend, path)
     if mode not in ("r", "w"):
         raise ValueError(f"open_db mode must be 'r' or 'w', not {mode!r}")
@@ -137,6 +143,47 @@ def check_target(final_path, overwrite):
         raise CaffeishError("already exists; remove it or pass --overwrite to replace it", path=final_path)
 
 
+def _leftovers(final_path, suffix):
+    """``(entry, middle)`` of the ``.<name>.<middle><suffix>`` siblings of ``final_path`` (middle without dots
+    except the pid part of a temporary build)."""
+    parent, name = os.path.split(final_path)
+    try:
+        entries = os.listdir(parent)
+    except OSError:
+        return []
+    head = f".{name}."
+    return [(e, e[len(head):-len(suffix)]) for e in entries
+            if e.startswith(head) and e.endswith(suffix) and len(e) > len(head) + len(suffix)]
+
+
+def recover_interrupted_build(final_path):
+    """Repair what a killed ``atomic_db_path`` left beside ``final_path``.
+
+    A kill between moving the old database aside (``.<name>.XXXX.old``) and renaming the new one into
+    place leaves no database at ``final_path``: the old one, complete, is renamed back.  An old copy
+    beside a database that is in place, and the temporary builds of processes no longer running, are
+    removed.
+    """
+    final_path = os.path.abspath(os.fspath(final_path))
+    parent = os.path.dirname(final_path)
+    for entry, middle in _leftovers(final_path, ".old"):
+        if "." in middle:
+            continue  # another database's (".<name>.<more>.XXXX.old")
+        old = os.path.join(parent, entry)
+        if not os.path.lexists(final_path):
+            os.rename(old, final_path)
+            log.warning("Restored %s from %s: a conversion with --overwrite was interrupted before it could "
+                        "put its new database in place", final_path, old)
+        elif os.path.isdir(old) and not os.path.islink(old):
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.unlink(old)
+    for entry, middle in _leftovers(final_path, ".tmp"):
+        pid, _, rest = middle.partition(".")
+        if pid.isdigit() and rest and "." not in rest and int(pid) != os.getpid() and not process_alive(int(pid)):
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_db_path(final_path, overwrite=False):
     """Yield a fresh temporary directory next to ``final_path``; rename it onto ``final_path`` on success.
@@ -146,10 +193,11 @@ def atomic_db_path(final_path, overwrite=False):
     if any, is left as it was, so a database at ``final_path`` is always a complete one.
     """
     final_path = os.path.abspath(os.fspath(final_path))
+    recover_interrupted_build(final_path)
     check_target(final_path, overwrite)
     parent, name = os.path.split(final_path)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
+    tmp = tempfile.mkdtemp(prefix=f".{name}.{os.getpid()}.", suffix=".tmp", dir=parent)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)
@@ -167,6 +215,7 @@ def atomic_db_path(final_path, overwrite=False):
             if old is not None:
                 os.rename(old, final_path)
             raise
+        fsync_directory(parent)
         if old is not None:
             if os.path.isdir(old) and not os.path.islink(old):
                 shutil.rmtree(old, ignore_errors=True)

@@ -1,4 +1,5 @@
 """HDF5 behind ``open_db``: ``data``/``label`` datasets in ``.h5`` files named by a list file."""
+import io
 import os
 
 import h5py
@@ -6,8 +7,13 @@ import numpy
 
 from ..errors import CaffeishError
 from ..proto import caffe_pb2
+from ..weights import H5_ERRORS
 from .db import COMMIT_EVERY, LIST_NAME, _key_bytes
 
+
+
+#: The most row bytes one .h5 file of a converted database holds (each is built in memory, then written).
+MAX_FILE_BYTES = 1 << 30
 
 
 # -- HDF5 ------------------------------------------------------------------------------------------------------
@@ -90,7 +96,7 @@ class HDF5DB:
                         if ds not in f or not isinstance(f[ds], h5py.Dataset):
                             raise CaffeishError(f"HDF5 file has no '{ds}' dataset", path=name)
                     n, n_label = f["data"].shape[0] if f["data"].ndim else 0, f["label"].shape[0]
-            except OSError as e:
+            except H5_ERRORS as e:
                 raise CaffeishError(f"is not a readable HDF5 file ({e})", path=name) from None
             if n != n_label:
                 raise CaffeishError(f"'data' has {n} rows but 'label' has {n_label}", path=name)
@@ -106,11 +112,15 @@ class HDF5DB:
     def iter_batches(self):
         """(data, label) numpy arrays, a few hundred rows at a time, file by file."""
         for name in self.files:
-            with h5py.File(name, "r") as f:
-                data, label = f["data"], f["label"]
-                for start in range(0, data.shape[0], self.batch_rows):
-                    stop = min(start + self.batch_rows, data.shape[0])
-                    yield data[start:stop], label[start:stop]
+            try:
+                with h5py.File(name, "r") as f:
+                    data, label = f["data"], f["label"]
+                    for start in range(0, data.shape[0], self.batch_rows):
+                        stop = min(start + self.batch_rows, data.shape[0])
+                        block = data[start:stop], label[start:stop]
+                        yield block
+            except H5_ERRORS as e:
+                raise CaffeishError(f"cannot read rows of the HDF5 file ({type(e).__name__}: {e})", path=name) from None
 
     def cursor(self):
         return HDF5Cursor(self)
@@ -236,14 +246,23 @@ class HDF5Writer:
     def transaction(self):
         return HDF5Transaction(self)
 
+    def _file_rows(self):
+        """Rows per file: ``rows_per_file``, and at most MAX_FILE_BYTES of rows (each file is built in memory)."""
+        row_bytes = max(1, int(numpy.prod(self._row_shape, dtype=numpy.int64)) * self._dtype.itemsize)
+        cap = max(1, MAX_FILE_BYTES // row_bytes)
+        return min(cap, self.rows_per_file) if self.rows_per_file else cap
+
     def _new_file(self):
         self._close_file()
         name = f"data_{len(self.names):05d}.h5"
-        self._file = h5py.File(os.path.join(self.path, name), "w")
+        # Built in memory and written with Python's I/O on close: libhdf5 crashes the process after a failed
+        # write to disk (a full disk), where Python raises OSError (see caffeish.weights.h5_image).
+        self._image, self._image_path = io.BytesIO(), os.path.join(self.path, name)
+        self._file = h5py.File(self._image, "w")
         self.names.append(name)
         self._rows_in_file = 0
         row_bytes = max(1, int(numpy.prod(self._row_shape, dtype=numpy.int64)) * self._dtype.itemsize)
-        chunk_rows = max(1, min((1 << 20) // row_bytes, self.rows_per_file or (1 << 30)))
+        chunk_rows = max(1, min((1 << 20) // row_bytes, self._file_rows()))
         self._file.create_dataset("data", shape=(0, *self._row_shape), maxshape=(None, *self._row_shape),
                                   dtype=self._dtype, chunks=(chunk_rows, *self._row_shape),
                                   compression=self.compression, compression_opts=self.compression_opts)
@@ -257,11 +276,9 @@ class HDF5Writer:
         self._pending_data, self._pending_label = [], []
         start = 0
         while start < len(data):
-            if self._file is None or (self.rows_per_file and self._rows_in_file >= self.rows_per_file):
+            if self._file is None or self._rows_in_file >= self._file_rows():
                 self._new_file()
-            room = len(data) - start
-            if self.rows_per_file:
-                room = min(room, self.rows_per_file - self._rows_in_file)
+            room = min(len(data) - start, self._file_rows() - self._rows_in_file)
             block = numpy.stack(data[start:start + room]).astype(self._dtype, copy=False)
             for ds, values in (("data", block), ("label", numpy.asarray(label[start:start + room], numpy.float32))):
                 d = self._file[ds]
@@ -270,10 +287,15 @@ class HDF5Writer:
             self._rows_in_file += room
             start += room
 
-    def _close_file(self):
+    def _close_file(self, write=True):
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            try:
+                self._file.close()
+                if write:
+                    with open(self._image_path, "wb") as f:
+                        f.write(self._image.getbuffer())
+            finally:
+                self._file = self._image = None
 
     def close(self):
         """Write the pending rows and ``list.txt``; returns the list path (at its final location)."""
@@ -288,7 +310,7 @@ class HDF5Writer:
     def abort(self):
         """Close the open file without writing the pending rows or the list (the build failed)."""
         self._pending_data, self._pending_label = [], []
-        self._close_file()
+        self._close_file(write=False)
 
     def __enter__(self):
         return self

@@ -24,9 +24,62 @@ def _acquire_reader(key, path, subdir):
                                 max_readers=MAX_READERS)
             except lmdb.Error as e:
                 raise CaffeishError(f"is not a readable LMDB ({e})", path=path) from None
+            try:
+                _check_length(env, path, subdir)
+                _verify(path, subdir)
+            except BaseException:
+                env.close()
+                raise
             entry = _READERS[key] = [env, 0]
         entry[1] += 1
         return entry[0]
+
+
+def _check_length(env, path, subdir):
+    """Refuse a data file shorter than its pages: reading past its end would kill the process (SIGBUS)."""
+    data = os.path.join(path, "data.mdb") if subdir else path
+    try:
+        need = (int(env.info()["last_pgno"]) + 1) * int(env.stat()["psize"])
+    except lmdb.Error as e:
+        raise CaffeishError(f"is a damaged LMDB ({e})", path=path) from None
+    have = os.path.getsize(data)
+    if have < need:
+        raise CaffeishError(f"is a truncated LMDB: {data} holds {have} bytes but its pages need {need} (was it "
+                            "copied while being written, or cut short by a full disk?); rebuild or recopy it",
+                            path=path)
+
+
+#: LMDB data files up to this size are checked page by page on first open (py-lmdb's offline verifier, about
+#: 1 s per GiB): liblmdb itself aborts the process on some damaged pages.  ``CAFFEISH_VERIFY_LMDB`` = 1
+#: checks every file, 0 none.
+VERIFY_MAX_BYTES = 1 << 30
+_VERIFIED = set()
+
+
+def _verify(path, subdir):
+    data = os.path.join(path, "data.mdb") if subdir else path
+    st = os.stat(data)
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    mode = os.environ.get("CAFFEISH_VERIFY_LMDB", "").strip()
+    if key in _VERIFIED or mode == "0" or (mode != "1" and st.st_size > VERIFY_MAX_BYTES):
+        return
+    try:
+        from lmdb import verify as lmdb_verify
+    except ImportError:  # an older py-lmdb: no verifier
+        return
+    try:
+        problems = lmdb_verify.verify(data, subdir=False)
+    except Exception as e:  # VerifyError: the file cannot even be walked
+        problems = [str(e)]
+    if problems:
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise CaffeishError(f"is a damaged LMDB: {problems[0]}{more}; rebuild it (caffeish convert) or recopy it",
+                            path=path)
+    _VERIFIED.add(key)
+
+
+def _damaged(path, error):
+    return CaffeishError(f"is a damaged LMDB ({error}); rebuild it (caffeish convert) or recopy it", path=path)
 
 
 def _release_reader(key):
@@ -43,8 +96,9 @@ class LMDB:
     """An LMDB environment, read-only (``mode="r"``) or for building (``mode="w"``)."""
     backend = "lmdb"
 
-    def __init__(self, path, mode="r", *, check_datums=True, map_size=None, batch_size=COMMIT_EVERY):
+    def __init__(self, path, mode="r", *, check_datums=True, map_size=None, batch_size=COMMIT_EVERY, name=None):
         self.path = os.fspath(path)
+        self.name = os.fspath(name) if name is not None else self.path  # for messages: a build's final path
         self.mode = mode
         self.batch_size = int(batch_size)
         if mode == "r":
@@ -83,25 +137,34 @@ class LMDB:
         return _acquire_reader(self._reader_key, path, subdir)
 
     def _check_first_datum(self):
-        with self.env.begin() as txn:
-            cur = txn.cursor()
-            if not cur.first():
-                raise CaffeishError("the database is empty (no records)", path=self.path)
-            key, value = cur.key(), cur.value()
+        try:
+            with self.env.begin() as txn:
+                cur = txn.cursor()
+                if not cur.first():
+                    raise CaffeishError("the database is empty (no records)", path=self.path)
+                key, value = cur.key(), cur.value()
+        except lmdb.Error as e:
+            raise _damaged(self.path, e) from None
         if not looks_like_datum(value):
             raise CaffeishError(f"the LMDB holds no Datums: its first record (key {key!r}) does not parse as a "
                                 "caffe Datum with pixels", path=self.path)
 
     # reading
     def cursor(self):
-        return LMDBCursor(self.env)
+        return LMDBCursor(self.env, self.path)
 
     def get(self, key):
-        with self.env.begin() as txn:
-            return txn.get(_key_bytes(key))
+        try:
+            with self.env.begin() as txn:
+                return txn.get(_key_bytes(key))
+        except lmdb.Error as e:
+            raise _damaged(self.path, e) from None
 
     def keys_count(self):
-        return int(self.env.stat()["entries"])
+        try:
+            return int(self.env.stat()["entries"])
+        except lmdb.Error as e:
+            raise _damaged(self.path, e) from None
 
     __len__ = keys_count
 
@@ -136,14 +199,22 @@ class LMDB:
                 size = self.map_size * 2
                 if size > MAX_MAP_SIZE:
                     raise CaffeishError(f"the LMDB would need a map larger than {MAX_MAP_SIZE} bytes",
-                                        path=self.path) from None
+                                        path=self.name) from None
                 self.env.set_mapsize(size)
+            except lmdb.Error as e:  # a full disk, a file-size limit, an I/O error
+                raise CaffeishError(f"cannot write the LMDB ({e}): is the disk full? Nothing was written there "
+                                    "(an older database at this path is kept)", path=self.name) from None
 
     def close(self):
         if self.env is not None:
             if self.mode == "w":
-                self.env.sync(True)
-                self.env.close()
+                try:
+                    self.env.sync(True)
+                except lmdb.Error as e:
+                    raise CaffeishError(f"cannot write the LMDB ({e}): is the disk full?", path=self.name) from None
+                finally:
+                    env, self.env = self.env, None
+                    env.close()
             else:
                 _release_reader(self._reader_key)
             self.env = None
@@ -156,15 +227,25 @@ class LMDB:
 
 
 class LMDBCursor:
-    """Caffe's db::Cursor: ``seek_first``, ``valid``, ``next``, ``key``, ``value`` (starts on the first record)."""
+    """Caffe's db::Cursor: ``seek_first``, ``valid``, ``next``, ``key``, ``value`` (starts on the first record).
 
-    def __init__(self, env):
-        self._txn = env.begin(buffers=False)
-        self._cur = self._txn.cursor()
-        self._valid = self._cur.first()
+    A damaged database (LMDB's MDB_CORRUPTED, MDB_PAGE_NOTFOUND...) raises CaffeishError naming ``path``.
+    """
+
+    def __init__(self, env, path=""):
+        self._path = path
+        try:
+            self._txn = env.begin(buffers=False)
+            self._cur = self._txn.cursor()
+            self._valid = self._cur.first()
+        except lmdb.Error as e:
+            raise _damaged(path, e) from None
 
     def seek_first(self):
-        self._valid = self._cur.first()
+        try:
+            self._valid = self._cur.first()
+        except lmdb.Error as e:
+            raise _damaged(self._path, e) from None
         return self._valid
 
     seek_to_first = seek_first
@@ -174,7 +255,10 @@ class LMDBCursor:
 
     def next(self):
         """Advance; False (and ``valid()`` False) once past the last record."""
-        self._valid = self._cur.next() if self._valid else False
+        try:
+            self._valid = self._cur.next() if self._valid else False
+        except lmdb.Error as e:
+            raise _damaged(self._path, e) from None
         return self._valid
 
     def key(self):

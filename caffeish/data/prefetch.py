@@ -22,6 +22,19 @@ State (``get_state``; JSON-serialisable)
     ``set_state`` stops the thread and restarts it from there, so a resumed run sees exactly the
     batches an uninterrupted one would have.
 
+Sharding (data-parallel training, ``caffeish.parallel``)
+    ``layer.set_shard(rank, size)`` makes a layer read every ``size``-th record of its source,
+    starting with record ``rank`` (Caffe 1.0's multi-GPU ``Skip()``): the layer's records are
+    those at offsets ``rank, rank + size, rank + 2 size, ...`` of the stream a single process
+    would read (counted from setup, across epochs), so ``size`` ranks read disjoint records
+    that together cover the source.  Local batch ``k`` of rank ``r`` draws its randoms as
+    batch ``k * size + r`` of that stream.  The state stays valid for any ``size``: rank 0's
+    reader position *is* the global one (the offset is a multiple of ``size`` at every batch
+    boundary) and ``batch`` is the index of the next batch in the single-process count, so
+    a state saved with ``size`` N restarts ``size`` M readers -- or one, unsharded -- from the
+    global position: rank ``r`` seeks there and skips ``r`` records.  Readers give ``skip(n)``
+    (advance ``n`` records without reading them) to be shardable; with ``size`` 1 nothing changes.
+
 Errors
     An exception in the thread is handed over with its batch index and re-raised on the next
     ``forward`` as a ``CaffeishError`` naming the layer and the original error.
@@ -114,6 +127,22 @@ class Reader:
     def check_position(self, state):
         return dict(state)
 
+    #: This reader's share of the records: offsets ``shard_rank + k * shard_size`` (see ``set_shard``).
+    shard_rank, shard_size = 0, 1
+
+    def skip(self, n):
+        """Advance ``n`` records without reading them (readers that can be sharded give this)."""
+        raise NotImplementedError
+
+    def stride_skip(self):
+        """After each record read: step over the other shards' records (nothing without sharding)."""
+        if self.shard_size > 1:
+            self.skip(self.shard_size - 1)
+
+    def batch_key(self, k):
+        """The random-stream index of local batch ``k``: its index in the single-process count."""
+        return k * self.shard_size + self.shard_rank
+
 
 class _Worker:
     """One prefetch thread: reads batches ``start``, ``start + 1``, ... into a bounded queue."""
@@ -132,7 +161,7 @@ class _Worker:
             reader.seek(position)
             to_device = _device_copier(device)
             while not self.stop_event.is_set():
-                arrays = reader.load_batch(batch_rng(seed, k))
+                arrays = reader.load_batch(batch_rng(seed, reader.batch_key(k)))
                 if to_device is not None:
                     arrays = to_device(arrays)
                 if not self._put((k, arrays, reader.position(), None)):
@@ -298,7 +327,7 @@ class PrefetchingDataLayer(Layer):
                 self.reader.open()
                 self._sync_open = True
                 self.reader.seek(self._position)
-            arrays = self.reader.load_batch(batch_rng(self.seed, self._batch))
+            arrays = self.reader.load_batch(batch_rng(self.seed, self.reader.batch_key(self._batch)))
         except Exception as e:
             self._release_sync()
             raise self._error(self._batch, e) from e
@@ -316,12 +345,54 @@ class PrefetchingDataLayer(Layer):
             reason = f"{type(error).__name__}: {error}"
         return CaffeishError(f"reading batch {k} failed: {reason}", layer=self.name, layer_type=self.type)
 
+    # -- sharding (data-parallel training) --------------------------------------------------------------------
+    def set_shard(self, rank, size):
+        """Read only records ``rank, rank + size, ...`` of the source (see the module's "Sharding").
+
+        The layer's current place is taken as the global one: call it before the first forward (as
+        ``caffeish.parallel`` does, right after setup) or right after ``set_state``.
+        """
+        rank, size = int(rank), int(size)
+        if self.reader is None:
+            raise CaffeishError("set_shard before setup", layer=self.name, layer_type=self.type)
+        if not 0 <= rank < size:
+            raise CaffeishError(f"shard rank {rank} is outside 0..{size - 1}", layer=self.name, layer_type=self.type)
+        if size > 1 and type(self.reader).skip is Reader.skip:
+            raise CaffeishError(f"its reader ({type(self.reader).__name__}) cannot skip records, so it cannot be "
+                                "sharded", layer=self.name, layer_type=self.type)
+        self._holder.stop_worker()
+        self._release_sync()
+        global_batch = self.reader.batch_key(self._batch) - self.reader.shard_rank
+        self.reader.shard_rank, self.reader.shard_size = rank, size
+        self._batch = global_batch // size
+        self._position = self._local_position(self._position)
+
+    @property
+    def shard(self):
+        """``(rank, size)``: this layer's share of its source ((0, 1): all of it)."""
+        return (self.reader.shard_rank, self.reader.shard_size) if self.reader is not None else (0, 1)
+
+    def _local_position(self, position):
+        """Where this shard starts when the global stream stands at ``position``: ``shard_rank`` records on."""
+        if self.reader.shard_rank == 0:
+            return position
+        reader = self.reader
+        reader.open()
+        try:
+            reader.seek(position)
+            reader.skip(reader.shard_rank)
+            return reader.position()
+        finally:
+            reader.release()
+
     # -- state ----------------------------------------------------------------------------------------------------
     def get_state(self):
         if self.reader is None:
             return None
-        state = {"type": self.type, "seed": int(self.seed), "batch": int(self._batch)}
+        state = {"type": self.type, "seed": int(self.seed), "batch": int(self.reader.batch_key(self._batch))}
         state.update(self.reader.describe(self._position))
+        if self.reader.shard_size > 1:
+            state["shard"] = [int(self.reader.shard_rank), int(self.reader.shard_size)]
         return state
 
     def set_state(self, state):
@@ -339,10 +410,12 @@ class PrefetchingDataLayer(Layer):
         self._release_sync()
         self.seed = self.reader.seed = seed
         try:
-            self._position = self.reader.check_position(state)
+            position = self.reader.check_position(state)
+            # A state is global (rank 0's place; see "Sharding"): this shard starts shard_rank records on.
+            self._position = self._local_position(position)
         except CaffeishError as e:
             raise e.in_layer(self.name, self.type) from None
-        self._batch = batch
+        self._batch = batch // self.reader.shard_size
 
     def close(self):
         """Stop the prefetch thread and release the source (a later forward reopens it)."""

@@ -36,6 +36,8 @@ class ArgMaxLayer(Layer):
         self._check(bottom[0])
 
     def _check(self, blob):
+        if blob.num_axes == 0:
+            raise CaffeishError(f"ArgMax needs a bottom with at least one axis, got the scalar '{blob.name}'")
         if self.has_axis:
             self.axis = blob.canonical_axis(self.param.argmax_param.axis)
             if self.top_k > blob.shape[self.axis]:

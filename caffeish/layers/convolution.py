@@ -6,20 +6,34 @@ bottom: one or more blobs of the same shape ``(*num, C, *spatial)`` where ``C`` 
 (C++ integer division).  blobs: weights ``(num_output, C / group, *kernel)`` and, with
 ``bias_term``, bias ``(num_output,)``.
 
-The whole batch is turned into columns at once (``caffeish.im2col``) and multiplied
-by the weights in one batched GEMM over images and groups; a 1x1 kernel with stride
-1 and no padding uses the input as its own columns.  Very large batches are cut into
+The whole batch is turned into channel-major columns at once (``caffeish.im2col.im2col_cm``:
+``(C * prod(kernel), N * prod(out))``, the images side by side) and multiplied by the weights
+in one GEMM per group; the result is transposed into the top (with the bias added in the
+same pass).  Backward recomputes the columns for the weights' GEMM (as Caffe does), then
+reuses their buffer for the input's gradient columns, which col2im sums back.  The column,
+GEMM and padding buffers are ``caffeish.im2col.workspace`` buffers shared by all layers and
+kept across iterations.  A 1x1 kernel with stride 1 and no padding uses the input itself as
+its columns (transposed when there are several images).  Very large batches are cut into
 chunks so that the column buffer stays under ``COL_BUFFER_BYTES``.
 """
 from ..backend import get_array_module
 from ..blob import Blob
 from ..errors import CaffeishError
 from ..fillers import fill
-from ..im2col import col2im, conv_output_shape, im2col
+from ..im2col import (col2im_cm, col2im_cm_wide, conv_output_shape, im2col_cm, wide_ok, wide_width,
+                      workspace)
 from ..layer import Layer, register_layer
 
-#: Upper bound for one im2col buffer; a batch whose columns exceed it is processed in chunks of images.
-COL_BUFFER_BYTES = 1 << 30
+#: Upper bound for one im2col buffer; a batch whose columns exceed it is processed in equal chunks of images
+#: (the work buffers are shared by all layers and kept, so this bounds the memory they hold; GEMMs over
+#: 64 MiB of columns are as fast per FLOP as over the whole batch).
+COL_BUFFER_BYTES = 64 << 20
+#: Output channels per group below which forward computes the transposed product (more rows for the threads).
+TRANSPOSED_FORWARD_BELOW = 64
+#: Backward-data through wide columns (``caffeish.im2col.col2im_cm_wide``) where it applies.
+WIDE_COL2IM = True
+#: Backward-data as the correlation of the top's gradient with the flipped weights (unit strides), where cheaper.
+CORRELATE_DATA_GRADIENT = True
 
 
 def _spatial_values(p, name, num_spatial, default, what):
@@ -132,31 +146,50 @@ class ConvolutionLayer(Layer):
         self.num = 1
         for s in shape[:axis]:
             self.num *= s
+        self.out_count = _count(self.out_shape)
+        self.data_path = self._data_path()
+        self.wide_width = wide_width(self.kernel, self.stride, self.pad, self.dilation, self.spatial) \
+            if self.data_path == "wide" else None
         top_shape = tuple(shape[:axis]) + (self.num_output,) + self.out_shape
         for t in top:
             t.reshape(top_shape)
 
     # -- helpers ---------------------------------------------------------------
-    def _chunks(self):
-        """Image ranges whose column buffer fits in COL_BUFFER_BYTES (one range for ordinary batches)."""
-        kdim = self.channels
-        for k in self.kernel:
-            kdim *= k
-        out = 1
-        for o in self.out_shape:
-            out *= o
-        per_image = max(1, kdim * out * self.dtype.itemsize)
-        step = self.num if self.is_1x1 else max(1, min(self.num, COL_BUFFER_BYTES // per_image))
-        return [(i, min(i + step, self.num)) for i in range(0, max(self.num, 1), step)]
+    def _data_path(self):
+        """How backward computes the input's gradient (the cheapest that applies).
 
-    def _columns(self, x):
-        """x (n, C, *spatial) -> (n, group, C/group * prod(kernel), prod(out))."""
-        n = x.shape[0]
+        "correlate": with unit strides the input's gradient is the correlation of the (padded) top
+        gradient with the flipped, transposed weights -- a forward pass of its own, whose columns
+        (nout * kk rows, one per input position) feed a GEMM with nout * kk as its inner dimension;
+        "wide": the GEMM's columns (C * kk rows, one per output position) summed back by col2im over
+        wide rows; "cols": the same with plain rows (strided last axis).  The estimate compares the
+        column traffic: written once and read once by the GEMM, against written, then read and summed.
+        """
         if self.is_1x1:
-            cols = x.reshape(n, self.channels, -1)
-        else:
-            cols = im2col(x, self.kernel, self.stride, self.pad, self.dilation, self.out_shape)
-        return cols.reshape(n, self.group, -1, cols.shape[-1])
+            return "cols"
+        unit = all(s == 1 for s in self.stride)
+        back_pad = [d * (k - 1) - q for k, d, q in zip(self.kernel, self.dilation, self.pad)]
+        wide = WIDE_COL2IM and wide_ok(self.kernel, self.stride, self.pad, self.dilation, self.spatial)
+        if unit and CORRELATE_DATA_GRADIENT and all(q >= 0 for q in back_pad):
+            width = wide_width(self.kernel, self.stride, self.pad, self.dilation, self.spatial) if wide else \
+                self.out_shape[-1]
+            scattered = self.channels * _count(self.out_shape[:-1]) * width * 3
+            correlated = self.num_output * _count(self.spatial) * 2
+            if correlated <= scattered:
+                return "correlate"
+        return "wide" if wide else "cols"
+
+    def _chunks(self):
+        """Image ranges whose column buffer fits in COL_BUFFER_BYTES (one range for ordinary batches).
+
+        (The top gradient's columns of the "correlate" data path are at most about twice as large: that
+        path is only taken when they are not much larger.)
+        """
+        per_image = max(1, self.channels * _count(self.kernel) * self.out_count * self.dtype.itemsize)
+        step = max(1, min(self.num, COL_BUFFER_BYTES // per_image))
+        count = -(-max(self.num, 1) // step)
+        step = -(-max(self.num, 1) // count)  # equal chunks: the buffer is no larger than it must be
+        return [(i, min(i + step, self.num)) for i in range(0, max(self.num, 1), step)]
 
     def _weights(self):
         w = self.blobs[0].data
@@ -171,44 +204,165 @@ class ConvolutionLayer(Layer):
         bias = self.blobs[1].data if self.bias_term else None
         for b, t in zip(bottom, top):
             x = self._as_batch(b.data)
-            y = t.data.reshape(self.num, self.group, self.num_output // self.group, -1)
+            y = t.data.reshape(self.num, self.num_output, self.out_count)
             for start, stop in self._chunks():
-                # (1, g, O/g, K) @ (n, g, K, L) -> (n, g, O/g, L): one batched GEMM over images and groups.
-                y[start:stop] = w[None] @ self._columns(x[start:stop])
-            if bias is not None:
-                y = t.data.reshape(self.num, self.num_output, -1)
-                y += bias.reshape(1, -1, 1)
+                _correlate(x[start:stop], w, self.kernel, self.stride, self.pad, self.dilation, self.out_shape,
+                           y[start:stop], bias)
 
     def backward(self, top, propagate_down, bottom):
         need_weight = self.param_propagate_down[0]
         need_bias = self.bias_term and self.param_propagate_down[1]
         w = self._weights()
         g, og = self.group, self.num_output // self.group
+        nout, L = self.num_output, self.out_count
         for t, down, b in zip(top, propagate_down, bottom):
-            dy = t.diff.reshape(self.num, g, og, -1)
-            if need_bias:
-                self.blobs[1].diff[...] += dy.reshape(self.num, self.num_output, -1).sum(axis=(0, 2))
-            if not (need_weight or down):
+            if not (need_weight or need_bias or down):
                 continue
+            dy = t.diff.reshape(self.num, nout, L)
             xp = get_array_module(dy)
             x = self._as_batch(b.data)
-            if down:
-                dx = self._as_batch(b.diff)
-            dw = self.blobs[0].diff.reshape(g, og, -1) if need_weight else None
+            dx = self._as_batch(b.diff) if down else None
+            dw = self.blobs[0].diff.reshape(w.shape) if need_weight else None
             for start, stop in self._chunks():
-                dy_c = dy[start:stop]
+                n = stop - start
+                if n == 1:
+                    dyt = dy[start].reshape(g, og, L)
+                elif need_weight or need_bias or (down and self.data_path == "cols"):
+                    # the top's gradient, channel-major like the columns: (nout, n L)
+                    dyt = workspace(xp, dy.dtype, "conv.gemm", nout * n * L).reshape(nout, n, L)
+                    dyt[...] = dy[start:stop].swapaxes(0, 1)
+                    dyt = dyt.reshape(g, og, n * L)
+                if need_bias:
+                    self.blobs[1].diff[...] += dyt.reshape(nout, -1).sum(axis=1)
                 if need_weight:
-                    cols = self._columns(x[start:stop])
-                    for gi in range(g):
-                        # sum over images and output positions: one GEMM per group.
-                        dw[gi] += xp.tensordot(dy_c[:, gi], cols[:, gi], axes=((0, 2), (0, 2)))
-                if down:
-                    # (1, g, K, O/g) @ (n, g, O/g, L) -> (n, g, K, L)
-                    dcols = xp.swapaxes(w, 1, 2)[None] @ dy_c
-                    n = stop - start
+                    cols = _columns(x[start:stop], g, self.kernel, self.stride, self.pad, self.dilation,
+                                    self.out_shape)
+                    # sum over images and output positions, transposed so that the product's rows are the
+                    # many K: (g, K, n L) @ (g, n L, nout/g) -> (g, K, nout/g).
+                    dwt = _gemm(xp, cols, dyt.swapaxes(1, 2), workspace(xp, dy.dtype, "conv.dw", w.size)
+                                .reshape(w.shape[0], w.shape[2], w.shape[1]))
+                    dw += dwt.swapaxes(1, 2)
+                if not down:
+                    continue
+                if self.data_path == "correlate":
+                    self._backward_data_correlate(xp, w, dy[start:stop], dx[start:stop])
+                elif self.data_path == "wide":
+                    self._backward_data_wide(xp, w.swapaxes(1, 2), dy[start:stop], dx[start:stop])
+                else:
+                    wt = w.swapaxes(1, 2)
+                    if self.is_1x1 and n == 1:
+                        _gemm(xp, wt, dyt, dx[start].reshape(g, -1, L))
+                        continue
+                    # (g, K, nout/g) @ (g, nout/g, n L) -> (g, K, n L), in the columns' work buffer.
+                    dcols = _gemm(xp, wt, dyt, workspace(xp, dy.dtype, "conv", g * wt.shape[1] * n * L)
+                                  .reshape(g, -1, n * L))
                     if self.is_1x1:
-                        dx[start:stop] = dcols.reshape((n, self.channels) + self.spatial)
+                        images_first = dcols.reshape(self.channels, n, -1).swapaxes(0, 1)
+                        dx[start:stop] = images_first.reshape(dx[start:stop].shape)
                     else:
-                        dx[start:stop] = col2im(dcols.reshape(n, -1, dcols.shape[-1]),
-                                                (n, self.channels) + self.spatial, self.kernel, self.stride,
-                                                self.pad, self.dilation, self.out_shape)
+                        col2im_cm(dcols.reshape(-1, n * L), dx[start:stop], self.kernel, self.stride, self.pad,
+                                  self.dilation, self.out_shape, slot="conv.pad")
+
+    def _backward_data_correlate(self, xp, w, dy, dx):
+        """Unit strides: dx = the correlation of dy, padded by dilation (k - 1) - pad, with the weights
+        flipped in space and with input and output channels swapped (per group)."""
+        g, og, cg = self.group, self.num_output // self.group, self.channels // self.group
+        kernel = tuple(self.kernel)
+        flip = (slice(None),) * 3 + (slice(None, None, -1),) * len(kernel)
+        # (g, og, cg, *k) -> (g, cg, og, *k flipped) -> (g, cg, og * kk), in a small work buffer.
+        wf = workspace(xp, w.dtype, "conv.wflip", w.size).reshape((g, cg, og) + kernel)
+        wf[...] = w.reshape((g, og, cg) + kernel)[flip].swapaxes(1, 2)
+        back_pad = [d * (k - 1) - q for k, d, q in zip(self.kernel, self.dilation, self.pad)]
+        n = dy.shape[0]
+        _correlate(dy.reshape((n, self.num_output) + tuple(self.out_shape)), wf.reshape(g, cg, -1), self.kernel,
+                   [1] * len(kernel), back_pad, self.dilation, self.spatial,
+                   dx.reshape(n, self.channels, -1), None)
+
+    def _backward_data_wide(self, xp, wt, dy, dx):
+        """The input's gradient through wide columns (see ``caffeish.im2col.col2im_cm_wide``).
+
+        The top's gradient is laid out channel-major with each output row padded with zeros to the
+        padded input width; its GEMM with the weights then gives wide columns whose col2im is a few
+        long contiguous sums per kernel offset.
+        """
+        n, g = dy.shape[0], self.group
+        rows = self.out_shape[:-1]
+        width = self.wide_width
+        dyw = workspace(xp, dy.dtype, "conv.wide", self.num_output * n * _count(rows) * width)
+        dyw = dyw.reshape((self.num_output, n) + tuple(rows) + (width,))
+        dyw[..., self.out_shape[-1]:] = 0
+        dyw[..., :self.out_shape[-1]] = dy.reshape((n, self.num_output) + tuple(self.out_shape)).swapaxes(0, 1)
+        columns = n * _count(rows) * width
+        dcols = _gemm(xp, wt, dyw.reshape(g, -1, columns),
+                      workspace(xp, dy.dtype, "conv", g * wt.shape[1] * columns).reshape(g, -1, columns))
+        col2im_cm_wide(dcols.reshape(-1, columns), dx, self.kernel, self.stride, self.pad, self.dilation,
+                       self.out_shape, slot="conv.pad")
+
+
+def _count(shape):
+    result = 1
+    for s in shape:
+        result *= int(s)
+    return result
+
+
+def _columns(x, group, kernel, stride, pad, dilation, out_shape):
+    """x (n, C, *spatial) -> channel-major columns (group, C/group * prod(kernel), n * prod(out))."""
+    n, c = x.shape[:2]
+    length = _count(out_shape)
+    if all(k == 1 and s == 1 and q == 0 for k, s, q in zip(kernel, stride, pad)):
+        if n == 1:
+            cols = x.reshape(c, -1)
+        else:  # 1x1: the input is its own columns, transposed to channel-major
+            cols = workspace(get_array_module(x), x.dtype, "conv", x.size).reshape(c, n, -1)
+            cols[...] = x.reshape(n, c, -1).swapaxes(0, 1)
+    else:
+        cols = im2col_cm(x, kernel, stride, pad, dilation, out_shape, slot="conv")
+    return cols.reshape(group, -1, n * length)
+
+
+def _correlate(x, w, kernel, stride, pad, dilation, out_shape, y, bias):
+    """y (n, g * og, prod(out)) = Caffe's grouped correlation of x (n, C, *spatial) with w (g, og, C/g * kk).
+
+    One GEMM per group covers the whole batch.  With few output channels the product is computed
+    transposed -- OpenBLAS splits its threads over the rows of the product, and there would be too few
+    -- and either way it is transposed into ``y``, images first, with the bias added in the same pass.
+    """
+    xp = get_array_module(x)
+    n = x.shape[0]
+    g, og = w.shape[:2]
+    nout, length = g * og, _count(out_shape)
+    cols = _columns(x, g, kernel, stride, pad, dilation, out_shape)
+    if og < TRANSPOSED_FORWARD_BELOW:
+        # (g, n L, K) @ (g, K, og) -> (g, n L, og)
+        yt = _gemm(xp, cols.swapaxes(1, 2), w.swapaxes(1, 2),
+                   workspace(xp, x.dtype, "conv.gemm", nout * n * length).reshape(g, n * length, og))
+        images_first = yt.reshape(g, n, length, og).transpose(1, 0, 3, 2)  # (n, g, og, L)
+        target = y.reshape(n, g, og, length)
+        if bias is not None:
+            xp.add(images_first, bias.reshape(g, og, 1), out=target)
+        else:
+            target[...] = images_first
+        return
+    # (g, og, K) @ (g, K, n L) -> (g, og, n L)
+    if n == 1:
+        _gemm(xp, w, cols, y[0].reshape(g, og, length))
+        if bias is not None:
+            y[0] += bias[:, None]
+        return
+    out = workspace(xp, x.dtype, "conv.gemm", nout * n * length).reshape(g, og, n * length)
+    _gemm(xp, w, cols, out)
+    images_first = out.reshape(nout, n, length).swapaxes(0, 1)
+    if bias is not None:
+        xp.add(images_first, bias[:, None], out=y)
+    else:
+        y[...] = images_first
+
+
+def _gemm(xp, a, b, out):
+    """out = a @ b for stacks of one matrix per group; a plain 2-D GEMM when there is one group."""
+    if a.shape[0] == 1:
+        xp.matmul(a[0], b[0], out=out[0])
+    else:
+        xp.matmul(a, b, out=out)
+    return out

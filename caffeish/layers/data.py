@@ -3,7 +3,8 @@
 ``data_param``: ``source`` (the database), ``batch_size``, ``backend`` (LMDB; LEVELDB is refused;
 left unset, an LMDB directory is recognised), ``rand_skip`` (skip a random number of records in
 ``[0, rand_skip)`` at the start), ``prefetch`` (batches read ahead, default 4; 0 reads on the main
-thread).  Tops: ``data`` (N, C, H', W') and optionally ``label`` (N,).
+thread).  Tops: ``data`` (N, C, H', W') and optionally ``label`` (N,).  In data-parallel training each
+rank reads every N-th record (``set_shard``; see ``caffeish.data.prefetch``).
 
 Records are raw Datums (uint8 ``data`` or ``float_data``) or encoded ones (an image file, decoded
 to BGR), as Caffe's convert_imageset writes them.  Reading wraps around at the end of the database.
@@ -23,7 +24,7 @@ from ..layer import register_layer
 
 
 def _key_text(key):
-    return bytes(key).decode("utf-8", "replace")
+    return bytes(key)[:64].decode("utf-8", "replace")  # (a damaged database can hold huge garbage keys)
 
 
 class DatumReader(Reader):
@@ -103,6 +104,12 @@ class DatumReader(Reader):
             self.pos = 0
             self.epoch += 1
 
+    def skip(self, n):
+        full, n = divmod(int(n), self.size)
+        self.epoch += full  # a whole pass comes back to the same record
+        for _ in range(n):
+            self._advance()
+
     def load_batch(self, rng):
         images, labels, keys = [], [], []
         for _ in range(self.batch_size):
@@ -110,7 +117,7 @@ class DatumReader(Reader):
                 self.cursor.seek_first()
                 self.pos, self.epoch = 0, self.epoch + 1
             key = _key_text(self.cursor.key())
-            datum = cio.parse_datum(self.cursor.value(), f"record {key!r}")
+            datum = cio.parse_datum(self.cursor.value(), f"{self.source}: record {key!r}")
             try:
                 image = self.transformer.decode(datum)
             except CaffeishError as e:
@@ -119,6 +126,7 @@ class DatumReader(Reader):
             labels.append(datum.label)
             keys.append(key)
             self._advance()
+            self.stride_skip()
         first = images[0].shape
         for key, image in zip(keys, images):
             if image.shape != first and not (self.transformer.crop and image.shape[0] == first[0]):

@@ -223,10 +223,11 @@ class ExpLayer(NeuronLayer):
         p = self.param.exp_param
         base, scale, shift = float(p.base), float(p.scale), float(p.shift)
         self.inner_scale = _log_base(base, "exp_param") * scale
-        if shift == 0:
-            self.outer_scale = 1.0
-        else:
-            self.outer_scale = math.exp(shift) if base == -1 else base ** shift
+        try:
+            self.outer_scale = 1.0 if shift == 0 else (math.exp(shift) if base == -1 else base ** shift)
+        except OverflowError:
+            raise CaffeishError(f"exp_param: base^shift ({'e' if base == -1 else f'{base:g}'}^{shift:g}) overflows; "
+                                "a smaller shift is needed") from None
 
     def forward(self, bottom, top):
         x = bottom[0].data

@@ -8,16 +8,20 @@ file's directory), ``batch_size``, ``shuffle``.  One top per dataset, named like
 
 Rows are read in order, across file boundaries, wrapping around after the last file.  With
 ``shuffle``, as Caffe: the file order is shuffled every epoch and the rows of a file every time it
-is loaded.  No transformations (Caffe refuses a transform_param here).
+is loaded.  No transformations (Caffe refuses a transform_param here).  In data-parallel training each rank
+reads every N-th row of that stream (``set_shard``; see ``caffeish.data.prefetch``).
 """
+import math
 import os
 
 import h5py
 import numpy
 
 from ..data.prefetch import ROW_SHUFFLE_STREAM, SHUFFLE_STREAM, PrefetchingDataLayer, Reader, stream_rng
+from ..blob import memory_limit
 from ..errors import CaffeishError
 from ..layer import register_layer
+from ..weights import H5_ERRORS
 
 
 def read_hdf5_list(source):
@@ -53,7 +57,7 @@ def inspect_hdf5(path, datasets):
                     raise CaffeishError(f"the HDF5 file has no dataset '{name}' (datasets are named like the "
                                         f"layer's tops; it has: {', '.join(sorted(f.keys())) or 'none'})", path=path)
                 shapes[name] = tuple(f[name].shape)
-    except OSError as e:
+    except H5_ERRORS as e:
         raise CaffeishError(f"cannot read the HDF5 file ({e})", path=path) from None
     for name, shape in shapes.items():
         if len(shape) < 1:
@@ -67,6 +71,50 @@ def inspect_hdf5(path, datasets):
     if rows[first] == 0:
         raise CaffeishError(f"dataset '{first}' has no rows", path=path)
     return shapes
+
+
+#: A file whose rows would take more than 1/STREAM_FRACTION of the memory is streamed, never loaded whole.
+STREAM_FRACTION = 4
+
+
+class _RowsOnDisk:
+    """One dataset of an open HDF5 file, read a batch of rows at a time (``[slice]`` or ``[index array]``)."""
+
+    def __init__(self, handle, dataset, dtype):
+        self.handle, self.dataset, self.dtype = handle, dataset, dtype
+        self.shape = dataset.shape
+
+    @classmethod
+    def open(cls, path, names, dtype):
+        handle = h5py.File(path, "r")
+        try:
+            for name in names:
+                if name not in handle:
+                    raise CaffeishError(f"the HDF5 file has no dataset '{name}'", path=path)
+            return {name: cls(handle, handle[name], dtype) for name in names}
+        except BaseException:
+            handle.close()
+            raise
+
+    def __getitem__(self, rows):
+        if isinstance(rows, slice):
+            return numpy.asarray(self.dataset[rows], dtype=self.dtype)
+        rows = numpy.asarray(rows, dtype=numpy.int64)
+        order = numpy.argsort(rows, kind="stable")   # h5py reads increasing indices only
+        wanted, first = numpy.unique(rows[order], return_index=True)
+        values = numpy.asarray(self.dataset[wanted], dtype=self.dtype)
+        out = numpy.empty((len(rows),) + values.shape[1:], dtype=self.dtype)
+        out[order] = values[numpy.searchsorted(wanted, rows[order])]
+        return out
+
+
+def _close_loaded(loaded):
+    arrays = loaded[1]
+    if arrays:
+        for value in arrays.values():
+            if isinstance(value, _RowsOnDisk):
+                value.handle.close()
+                break
 
 
 class HDF5Reader(Reader):
@@ -106,6 +154,7 @@ class HDF5Reader(Reader):
 
     # -- Reader ---------------------------------------------------------------------------------------
     def release(self):
+        _close_loaded(self._loaded)
         self._loaded = (None, None)
 
     def position(self):
@@ -177,18 +226,26 @@ class HDF5Reader(Reader):
             self.row_order = self.derived_row_order(self.epoch, self.file, int(self.file_order[self.file]))
 
     def _arrays(self, index):
-        """The datasets of file ``index`` (loaded whole, as Caffe does), in the net's float type."""
+        """The datasets of file ``index`` in the net's float type: loaded whole, as Caffe does, or -- when that
+        would take more than ``1 / STREAM_FRACTION`` of the memory -- read row by row as batches need them."""
         if self._loaded[0] != index:
+            self.release()
             path = self.files[index]
+            row_bytes = sum(math.prod(self.shapes[index][n][1:]) for n in self.datasets) * self.dtype.itemsize
+            limit = memory_limit()[0]
+            stream = limit is not None and row_bytes * self.rows[index] > limit // STREAM_FRACTION
             try:
-                with h5py.File(path, "r") as f:
-                    arrays = {}
-                    for name in self.datasets:
-                        if name not in f:
-                            raise CaffeishError(f"the HDF5 file has no dataset '{name}'", path=path)
-                        arrays[name] = numpy.asarray(f[name][()], dtype=self.dtype)
-            except OSError as e:
-                raise CaffeishError(f"cannot read the HDF5 file ({e})", path=path) from None
+                if stream:
+                    arrays = _RowsOnDisk.open(path, self.datasets, self.dtype)
+                else:
+                    with h5py.File(path, "r") as f:
+                        arrays = {}
+                        for name in self.datasets:
+                            if name not in f:
+                                raise CaffeishError(f"the HDF5 file has no dataset '{name}'", path=path)
+                            arrays[name] = numpy.asarray(f[name][()], dtype=self.dtype)
+            except H5_ERRORS as e:
+                raise CaffeishError(f"cannot read the HDF5 file ({type(e).__name__}: {e})", path=path) from None
             for name in self.datasets:
                 if arrays[name].shape != self.shapes[index][name]:
                     raise CaffeishError(f"dataset '{name}' changed shape while training (now "
@@ -206,23 +263,31 @@ class HDF5Reader(Reader):
         self.row_order = self.derived_row_order(self.epoch, self.file, int(self.file_order[self.file]))
         self.row_order_given = False
 
+    def skip(self, n):
+        n = int(n)
+        while n > 0:
+            step = min(n, self.rows[int(self.file_order[self.file])] - self.row)
+            self.row += step
+            n -= step
+            if self.row == self.rows[int(self.file_order[self.file])]:
+                self._next_file()
+
     def load_batch(self, rng):
         parts = {name: [] for name in self.datasets}
         need = self.batch_size
+        stride = self.shard_size  # 1, or every stride-th row when sharded (set_shard)
         while need:
             index = int(self.file_order[self.file])
             arrays = self._arrays(index)
-            take = min(need, self.rows[index] - self.row)
+            take = min(need, -(-(self.rows[index] - self.row) // stride))
             if self.row_order is None:
-                rows = slice(self.row, self.row + take)
+                rows = slice(self.row, self.row + stride * (take - 1) + 1, stride)
             else:
-                rows = self.row_order[self.row:self.row + take]
+                rows = self.row_order[self.row:self.row + stride * (take - 1) + 1:stride]
             for name in self.datasets:
                 parts[name].append(arrays[name][rows])
-            self.row += take
             need -= take
-            if self.row == self.rows[index]:
-                self._next_file()
+            self.skip(stride * take)
         return tuple(numpy.concatenate(parts[name]) if len(parts[name]) > 1 else numpy.array(parts[name][0])
                      for name in self.datasets)
 

@@ -4,7 +4,8 @@
 Caffe does), ``root_folder`` (prepended to each path as a plain string, as Caffe does),
 ``new_height``/``new_width`` (resize every image; both or neither), ``is_color`` (false: one gray
 channel), ``shuffle`` (a new order every epoch), ``rand_skip`` (start at a random line in
-``[0, rand_skip)``), ``batch_size``.  Tops: ``data`` (N, C, H', W') and ``label`` (N,).
+``[0, rand_skip)``), ``batch_size``.  Tops: ``data`` (N, C, H', W') and ``label`` (N,).  In data-parallel
+training each rank reads every N-th image of the (shuffled) list (``set_shard``; see ``caffeish.data.prefetch``).
 
 Images are decoded with Pillow into BGR C x H x W uint8 (OpenCV's layout), resized with bilinear
 interpolation on OpenCV's pixel grid (``cv::resize``'s INTER_LINEAR, no antialiasing), then go
@@ -154,6 +155,17 @@ class ImageListReader(Reader):
         self.order_given = given is not None
         self.order = numpy.asarray(given, dtype=numpy.int64) if given is not None else self.derived_order(self.epoch)
 
+    def skip(self, n):
+        n = int(n)
+        while n > 0:
+            step = min(n, self.size - self.pos)
+            self.pos += step
+            n -= step
+            if self.pos >= self.size:
+                self.pos = 0
+                self.epoch += 1
+                self.order, self.order_given = self.derived_order(self.epoch), False
+
     def load_batch(self, rng):
         images, labels, names = [], [], []
         for _ in range(self.batch_size):
@@ -167,6 +179,7 @@ class ImageListReader(Reader):
                 self.pos = 0
                 self.epoch += 1
                 self.order, self.order_given = self.derived_order(self.epoch), False
+            self.stride_skip()
         first = images[0].shape
         for name, image in zip(names, images):
             if image.shape != first and not (self.transformer.crop and image.shape[0] == first[0]):

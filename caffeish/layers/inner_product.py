@@ -9,6 +9,7 @@ from ..backend import get_array_module
 from ..blob import Blob
 from ..errors import CaffeishError
 from ..fillers import fill
+from ..im2col import workspace
 from ..layer import Layer, register_layer
 
 
@@ -54,27 +55,59 @@ class InnerProductLayer(Layer):
         self.M = bottom[0].count_range(0, axis)
         top[0].reshape(bottom[0].shape[:axis] + (self.num_output,))
 
+    # OpenBLAS splits a GEMM's threads over the rows of its output; with few rows (a small batch M)
+    # it barely uses the second core.  So when M is the smaller side, each product is computed
+    # transposed -- (A B)^T = B^T A^T -- into a work buffer and copied back (a small array).
     def forward(self, bottom, top):
         x = bottom[0].data.reshape(self.M, self.K)
         xp = get_array_module(x)
         w = self.blobs[0].data
+        wt = w if self.transpose else w.T      # K x N
         y = top[0].data.reshape(self.M, self.num_output)
-        xp.matmul(x, w if self.transpose else w.T, out=y)
+        if self.M < self.num_output:
+            yt = workspace(xp, y.dtype, "ip.t", y.size).reshape(self.num_output, self.M)
+            xp.matmul(wt.T, x.T, out=yt)
+            if self.bias_term:
+                xp.add(yt.T, self.blobs[1].data, out=y)
+            else:
+                y[...] = yt.T
+            return
+        xp.matmul(x, wt, out=y)
         if self.bias_term:
             y += self.blobs[1].data
 
     def backward(self, top, propagate_down, bottom):
         M, N, K = self.M, self.num_output, self.K
         dy = top[0].diff.reshape(M, N)
+        xp = get_array_module(dy)
         if self.param_propagate_down[0]:
             x = bottom[0].data.reshape(M, K)
-            if self.transpose:
-                self.blobs[0].diff += x.T @ dy        # K x N
+            dw = self.blobs[0].diff
+            a, b = (x.T, dy) if self.transpose else (dy.T, x)   # dW = a @ b: K x N, or N x K
+            if _all_zero(xp, dw):
+                # Cleared diffs (every iteration but the accumulating ones): the GEMM writes straight in.
+                xp.matmul(a, b, out=dw)
             else:
-                self.blobs[0].diff += dy.T @ x        # N x K
+                tmp = workspace(xp, dw.dtype, "ip.dw", dw.size).reshape(dw.shape)
+                xp.matmul(a, b, out=tmp)
+                dw += tmp
         if self.bias_term and self.param_propagate_down[1]:
-            self.blobs[1].diff += dy.sum(axis=0)
+            self.blobs[1].diff[...] += dy.sum(axis=0)
         if propagate_down[0]:
-            xp = get_array_module(dy)
             w = self.blobs[0].data
-            xp.matmul(dy, w.T if self.transpose else w, out=bottom[0].diff.reshape(M, K))
+            wk = w.T if self.transpose else w      # N x K
+            dx = bottom[0].diff.reshape(M, K)
+            if M < K:
+                dxt = workspace(xp, dx.dtype, "ip.t", dx.size).reshape(K, M)
+                xp.matmul(wk.T, dy.T, out=dxt)
+                dx[...] = dxt.T
+            else:
+                xp.matmul(dy, wk, out=dx)
+
+
+def _all_zero(xp, a):
+    """Whether every element of ``a`` is 0 -- a cheap look at the first elements, then one read."""
+    flat = a.reshape(-1)
+    if bool(flat[:256].any()):
+        return False
+    return not bool(flat.any())

@@ -9,9 +9,12 @@ WITHIN_CHANNEL (Caffe builds it from Split, Power, AVE Pooling, Power, Eltwise P
     -- ``k`` is not used, and the window sum is divided by n^2 everywhere, borders included:
     Caffe's AVE pool with pad (n-1)/2 counts the padding in its divisor.
 ``n`` is ``local_size``, which must be odd.  In place (top = bottom) works: the input is kept for backward.
+Across channels the window sum adds shifted channel slices (no padded copy; a difference of cumulative
+sums for very large windows); ``scale`` and ``scale^-beta`` are kept from forward for backward.
 """
 from ..backend import get_array_module
 from ..errors import CaffeishError
+from ..im2col import workspace
 from ..layer import Layer, register_layer
 from ..proto import caffe_pb2
 
@@ -36,6 +39,35 @@ def _window_sum(a, size, axes):
             out += padded[tuple(index)]
         a = out
     return a
+
+
+#: Up to this local_size the channel window is summed as shifted slices; beyond, as a difference of
+#: cumulative sums (numpy's cumsum along the channel axis costs about as much as 25 shifted adds).
+SHIFTED_SUM_MAX_SIZE = 25
+
+
+def _channel_window_sum(a, size, out):
+    """out[:, c] = sum of a[:, c'] for |c' - c| <= (size - 1) / 2 (channels past either end are 0).
+
+    ``a`` is (N, C, ...); no padded copy is made: each shift adds the overlapping slices only.
+    """
+    xp = get_array_module(a)
+    half = (size - 1) // 2
+    channels = a.shape[1]
+    if size <= SHIFTED_SUM_MAX_SIZE:
+        out[...] = a
+        for shift in range(1, min(half, channels - 1) + 1):
+            out[:, shift:] += a[:, :channels - shift]   # the window's channels below c
+            out[:, :channels - shift] += a[:, shift:]   # and above
+        return out
+    # Cumulative sums: window(c) = cs[min(c + half, C - 1)] - cs[c - half - 1] (0 below channel 0).
+    cs = xp.cumsum(a, axis=1, dtype=a.dtype)
+    top = min(half, channels - 1)
+    out[:, :channels - top] = cs[:, top:]          # cs[c + half], while it exists
+    out[:, channels - top:] = cs[:, channels - 1:]  # then the last one
+    if channels > half + 1:
+        out[:, half + 1:] -= cs[:, :channels - half - 1]   # minus cs[c - half - 1]
+    return out
 
 
 @register_layer("LRN")
@@ -67,34 +99,69 @@ class LRNLayer(Layer):
         if top[0] is not bottom[0]:
             top[0].reshape(bottom[0].shape)
 
-    def _scale(self, x):
-        sq = x * x
+    def _buffers(self, xp, shape):
+        """Per-layer (scale, scale^-beta) kept from forward for backward, allocated once per shape."""
+        kept = getattr(self, "_kept", None)
+        if kept is None or kept[0].shape != shape or get_array_module(kept[0]) is not xp:
+            kept = self._kept = (xp.empty(shape, dtype=self.dtype), xp.empty(shape, dtype=self.dtype))
+        return kept
+
+    def _scale(self, x, out=None):
+        xp = get_array_module(x)
+        out = xp.empty_like(x) if out is None else out
         if self.region == LP.ACROSS_CHANNELS:
-            return self.k + (self.alpha / self.size) * _window_sum(sq, self.size, (1,))
-        return 1.0 + (self.alpha / (self.size * self.size)) * _window_sum(sq, self.size, (2, 3))
+            sq = workspace(xp, x.dtype, "lrn.tmp", x.size).reshape(x.shape)
+            xp.multiply(x, x, out=sq)
+            _channel_window_sum(sq, self.size, out)
+            out *= self.alpha / self.size
+            out += self.k
+            return out
+        out[...] = 1.0 + (self.alpha / (self.size * self.size)) * _window_sum(x * x, self.size, (2, 3))
+        return out
 
     def forward(self, bottom, top):
         x = bottom[0].data
+        xp = get_array_module(x)
         # In place the input is overwritten: keep a copy for backward (Caffe would read the overwritten data).
-        self.saved_input = x.copy() if self._in_place(bottom, top) else None
-        self.scale = self._scale(x)
-        top[0].data[...] = x * self.scale ** -self.beta
+        if self._in_place(bottom, top):
+            if self.saved_input is None or self.saved_input.shape != x.shape:
+                self.saved_input = xp.empty_like(x)
+            self.saved_input[...] = x
+        else:
+            self.saved_input = None
+        scale, powered = self._buffers(xp, x.shape)
+        self.scale = self._scale(x, scale)
+        xp.power(scale, -self.beta, out=powered)
+        xp.multiply(x, powered, out=top[0].data)
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
         x = self.saved_input if self._in_place(bottom, top) and self.saved_input is not None else bottom[0].data
+        xp = get_array_module(x)
         dy = top[0].diff
         scale = self.scale
-        if scale is None or scale.shape != x.shape:
-            scale = self._scale(x)
+        kept = getattr(self, "_kept", None)
+        if scale is None or scale.shape != x.shape or kept is None:
+            scale, powered = self._buffers(xp, x.shape)
+            self._scale(x, scale)
+            xp.power(scale, -self.beta, out=powered)
+        else:
+            powered = kept[1]
         # y = x s^-b  =>  dx = dy s^-b - 2 a b / N x * window_sum(dy x s^(-b-1)), the window being
         # symmetric so that its transpose is itself; N = n (across) or n^2 (within).
-        ratio = dy * x * scale ** (-self.beta - 1.0)
+        direct = workspace(xp, x.dtype, "lrn.direct", x.size).reshape(x.shape)
+        xp.multiply(dy, powered, out=direct)               # dy s^-b
+        ratio = workspace(xp, x.dtype, "lrn.tmp", x.size).reshape(x.shape)
+        xp.multiply(direct, x, out=ratio)
+        ratio /= scale                                      # dy x s^(-b-1)
         if self.region == LP.ACROSS_CHANNELS:
-            spread = _window_sum(ratio, self.size, (1,))
+            spread = _channel_window_sum(ratio, self.size,
+                                         workspace(xp, x.dtype, "lrn.spread", x.size).reshape(x.shape))
             coeff = 2.0 * self.alpha * self.beta / self.size
         else:
             spread = _window_sum(ratio, self.size, (2, 3))
             coeff = 2.0 * self.alpha * self.beta / (self.size * self.size)
-        bottom[0].diff[...] = dy * scale ** -self.beta - coeff * x * spread
+        spread *= x
+        spread *= coeff
+        xp.subtract(direct, spread, out=bottom[0].diff)

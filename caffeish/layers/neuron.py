@@ -22,7 +22,10 @@ class SigmoidLayer(NeuronLayer):
         if not propagate_down[0]:
             return
         y = top[0].data
-        bottom[0].diff[...] = top[0].diff * y * (1 - y)
+        xp = get_array_module(y)
+        one_minus = xp.subtract(1, y)
+        one_minus *= y
+        xp.multiply(top[0].diff, one_minus, out=bottom[0].diff)
 
 
 @register_layer("TanH")
@@ -38,7 +41,10 @@ class TanHLayer(NeuronLayer):
         if not propagate_down[0]:
             return
         y = top[0].data
-        bottom[0].diff[...] = top[0].diff * (1 - y * y)
+        xp = get_array_module(y)
+        factor = xp.multiply(y, y)
+        xp.subtract(1, factor, out=factor)
+        xp.multiply(top[0].diff, factor, out=bottom[0].diff)
 
 
 @register_layer("Dropout")
@@ -57,9 +63,12 @@ class DropoutLayer(NeuronLayer):
         if self.phase == caffe_pb2.TRAIN:
             xp = get_array_module(x)
             u = random_uniform(xp, x.shape, self.dtype)
-            # mask already carries the scale: 0 or 1 / (1 - ratio).
-            self.mask = (u >= self.ratio).astype(self.dtype) * self.dtype.type(self.scale)
-            top[0].data[...] = x * self.mask
+            # The mask (a per-layer array, kept for backward) already carries the scale: 0 or 1 / (1 - ratio).
+            if self.mask is None or self.mask.shape != x.shape or get_array_module(self.mask) is not xp:
+                self.mask = xp.empty(x.shape, dtype=self.dtype)
+            xp.greater_equal(u, self.ratio, out=self.mask)
+            self.mask *= self.dtype.type(self.scale)
+            xp.multiply(x, self.mask, out=top[0].data)
         elif top[0] is not bottom[0]:
             top[0].data[...] = x
 
@@ -67,6 +76,7 @@ class DropoutLayer(NeuronLayer):
         if not propagate_down[0]:
             return
         if self.phase == caffe_pb2.TRAIN:
-            bottom[0].diff[...] = top[0].diff * self.mask
+            xp = get_array_module(self.mask)
+            xp.multiply(top[0].diff, self.mask, out=bottom[0].diff)
         elif top[0] is not bottom[0]:
             bottom[0].diff[...] = top[0].diff

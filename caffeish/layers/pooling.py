@@ -21,13 +21,17 @@ activations; backward routes the gradient to that element.  In TEST the output i
 ``sum(x^2) / sum(x)`` over the window (0 where the sum is not positive), and, as in Caffe,
 there is no backward.
 
-Forward and backward loop over the kernel offsets only, each step a strided slice over
-the whole batch.
+Forward and backward loop over the kernel offsets only, each step a strided view of the
+whole batch (inside a frame of -inf or 0 in a shared work buffer when the windows reach past
+the input).  MAX keeps, per output, the index of the winning kernel offset (one byte) for
+backward, which routes the gradient with one masked copy per offset -- a plain write when the
+windows do not overlap, a masked sum when they do.
 """
 import numpy
 
 from ..backend import get_array_module, random_uniform
 from ..errors import CaffeishError
+from ..im2col import workspace
 from ..layer import Layer, register_layer
 from ..proto import caffe_pb2
 
@@ -99,6 +103,7 @@ class PoolingLayer(Layer):
                                 f"({self.kernel_h}, {self.kernel_w})")
         self.ceil_mode = p.round_mode == PP.CEIL
         self.max_idx = None
+        self.missing = False
         self.rand_idx = None
 
     def _bottom_hw(self, b):
@@ -194,69 +199,195 @@ class PoolingLayer(Layer):
             y[...] = xp.where(positive, squares / xp.where(positive, total, 1), 0)
 
     # -- forward / backward -----------------------------------------------------------
+    def _offsets(self):
+        return [(i, j) for i in range(self.kernel_h) for j in range(self.kernel_w)]
+
+    def _source(self, x, fill, slot):
+        """``x`` inside a frame of ``fill`` that covers every window (``x`` itself when none is needed).
+
+        The frame lives in a shared work buffer; only the frame is written besides the copy of ``x``.
+        """
+        hp, wp = self._padded_extent()
+        if (hp, wp) == (self.height, self.width):
+            return x
+        xp = get_array_module(x)
+        n, c = x.shape[:2]
+        buf = workspace(xp, x.dtype, slot, n * c * hp * wp).reshape(n, c, hp, wp)
+        top, left = self.pad_h, self.pad_w
+        bottom, right = top + self.height, left + self.width
+        buf[:, :, :top] = fill
+        buf[:, :, bottom:] = fill
+        buf[:, :, top:bottom, :left] = fill
+        buf[:, :, top:bottom, right:] = fill
+        buf[:, :, top:bottom, left:right] = x
+        return buf
+
+    def _target(self, like, slot):
+        """Where backward sums the input's gradient: the bottom's diff, or a framed work buffer."""
+        hp, wp = self._padded_extent()
+        if (hp, wp) == (self.height, self.width):
+            return like, False
+        xp = get_array_module(like)
+        n, c = like.shape[:2]
+        return workspace(xp, like.dtype, slot, n * c * hp * wp).reshape(n, c, hp, wp), True
+
+    def _sizes(self, xp, dtype):
+        key = (xp.__name__, numpy.dtype(dtype).str, self.pooled_h, self.pooled_w, self.height, self.width)
+        cached = getattr(self, "_size_cache", None)
+        if cached is None or cached[0] != key:
+            cached = self._size_cache = (key, self._pool_size(xp, dtype))
+        return cached[1]
+
+    def _offset_views(self, x, fill, slot):
+        """[(k, view)] for each kernel offset: the (N, C, PH, PW) values it sees, unit-stride along W.
+
+        With a stride above 1 the input is split into its stride phases (padded rows ``a::sh``,
+        columns ``b::sw``), each copied once into a work buffer inside a frame of ``fill`` where the
+        windows reach past the input, so that every offset's window is a plain shifted slice of one
+        phase instead of a strided view (numpy is far slower on those).  With unit strides the windows
+        are slices of the input itself, or of a framed copy when they reach past it.
+        """
+        sh, sw, ph, pw = self.stride_h, self.stride_w, self.pooled_h, self.pooled_w
+        offsets = self._offsets()
+        if sh == 1 and sw == 1:
+            src = self._source(x, fill, slot + ".src")
+            return [(k, src[..., i:i + ph, j:j + pw]) for k, (i, j) in enumerate(offsets)]
+        xp = get_array_module(x)
+        n, c = x.shape[:2]
+        rows = {a: max(i // sh for i in range(a, self.kernel_h, sh)) + ph for a in range(min(sh, self.kernel_h))}
+        cols = {b: max(j // sw for j in range(b, self.kernel_w, sw)) + pw for b in range(min(sw, self.kernel_w))}
+        total = sum(rows[a] * cols[b] for a in rows for b in cols) * n * c
+        buf = workspace(xp, x.dtype, slot, total)
+        phases, start = {}, 0
+        for a in rows:
+            r0, r1 = _phase_span(a, sh, self.pad_h, self.height, rows[a])
+            for b in cols:
+                c0, c1 = _phase_span(b, sw, self.pad_w, self.width, cols[b])
+                size = n * c * rows[a] * cols[b]
+                phase = buf[start:start + size].reshape(n, c, rows[a], cols[b])
+                start += size
+                # phase[r, q] = padded[a + r sh, b + q sw] = x[a + r sh - pad_h, b + q sw - pad_w] inside x.
+                phase[:, :, :r0] = fill
+                phase[:, :, r1:] = fill
+                phase[:, :, r0:r1, :c0] = fill
+                phase[:, :, r0:r1, c1:] = fill
+                if r1 > r0 and c1 > c0:
+                    phase[:, :, r0:r1, c0:c1] = x[:, :, a + r0 * sh - self.pad_h::sh, b + c0 * sw - self.pad_w::sw][
+                        :, :, :r1 - r0, :c1 - c0]
+                phases[a, b] = phase
+        return [(k, phases[i % sh, j % sw][..., i // sh:i // sh + ph, j // sw:j // sw + pw])
+                for k, (i, j) in enumerate(offsets)]
+
+    def _flat_index(self, xp, kidx, out, global_index):
+        """Each window's maximum as ``h * W + w`` in its plane (Caffe's mask), plus the plane's start
+        when ``global_index``: the position in the whole bottom blob, which backward scatters to.
+        A window with no maximum (empty, or all -FLT_MAX / NaN) gets -1, as in Caffe."""
+        hs = numpy.arange(self.pooled_h) * self.stride_h - self.pad_h
+        ws = numpy.arange(self.pooled_w) * self.stride_w - self.pad_w
+        none = len(self._offsets())
+        table = numpy.array([i * self.width + j for i, j in self._offsets()] + [0], dtype=numpy.int64)
+        xp.take(xp.asarray(table), kidx, out=out)
+        out += xp.asarray(hs[:, None] * self.width + ws[None, :])
+        if global_index:
+            n, c = kidx.shape[:2]
+            out += (xp.arange(n * c, dtype=numpy.int64) * (self.height * self.width)).reshape(n, c, 1, 1)
+        self.missing = bool((kidx == none).any())
+        if self.missing:
+            out[kidx == none] = -1
+        return out
+
     def forward(self, bottom, top):
         x = bottom[0].data
         xp = get_array_module(x)
-        hp, wp = self._padded_extent()
-        n, c = x.shape[:2]
+        y = top[0].data
         if self.method == PP.MAX:
-            padded = xp.full((n, c, hp, wp), -numpy.inf, dtype=x.dtype)
-            padded[self._interior()] = x
-            best = top[0].data
-            best[...] = -_FLT_MAX
-            idx = xp.full(best.shape, -1, dtype=numpy.int64)
-            # Flat index, within the channel plane, of each window's top-left element.
-            hs = numpy.arange(self.pooled_h) * self.stride_h - self.pad_h
-            ws = numpy.arange(self.pooled_w) * self.stride_w - self.pad_w
-            base = xp.asarray(hs[:, None] * self.width + ws[None, :])
-            # Row-major offsets: the first strict maximum is the first in Caffe's scan order.
-            for i in range(self.kernel_h):
-                for j in range(self.kernel_w):
-                    v = padded[self._window(i, j)]
-                    better = v > best
-                    xp.copyto(best, v, where=better)
-                    xp.copyto(idx, base + (i * self.width + j), where=better)
+            # Caffe's scan: start from -FLT_MAX and, for each kernel offset in row-major order, let a strictly
+            # larger value replace the running maximum and record the offset k -- so the first maximum wins,
+            # NaN never does (fmax keeps the other value, '>' is false), and a window with nothing above
+            # -FLT_MAX keeps no offset (k = kk).  The offsets are recorded with uint8 arithmetic,
+            # kidx += better * (k - kidx), instead of masked copies (which numpy runs far slower).
+            none = len(self._offsets())
+            kidx = workspace(xp, numpy.uint8 if none <= 255 else numpy.int32, "pool.kidx", y.size).reshape(y.shape)
+            better = workspace(xp, numpy.bool_, "pool.mask", y.size).reshape(y.shape)
+            step = workspace(xp, kidx.dtype, "pool.step", y.size).reshape(y.shape)
+            as_int = better.view(kidx.dtype) if kidx.dtype == numpy.uint8 else better
+            y[...] = -_FLT_MAX
+            kidx[...] = none
+            for k, v in self._offset_views(x, -numpy.inf, "pool.phase"):
+                xp.greater(v, y, out=better)
+                xp.fmax(y, v, out=y)
+                xp.subtract(k, kidx, out=step)
+                xp.multiply(step, as_int, out=step)
+                kidx += step
+            idx = self.max_idx
+            if idx is None or idx.shape != y.shape or get_array_module(idx) is not xp:
+                idx = self.max_idx = xp.empty(y.shape, dtype=numpy.int64)
             if len(top) > 1:
-                top[1].data[...] = idx.astype(top[1].dtype)
-            else:
-                self.max_idx = idx
+                top[1].data[...] = self._flat_index(xp, kidx, idx, global_index=False)
+            self._flat_index(xp, kidx, idx, global_index=True)
         elif self.method == PP.STOCHASTIC:
-            self._forward_stochastic(x, top[0].data)
+            self._forward_stochastic(x, y)
         else:
-            padded = xp.zeros((n, c, hp, wp), dtype=x.dtype)
-            padded[self._interior()] = x
-            acc = xp.zeros(top[0].shape, dtype=x.dtype)
-            for i in range(self.kernel_h):
-                for j in range(self.kernel_w):
-                    acc += padded[self._window(i, j)]
-            top[0].data[...] = acc / self._pool_size(xp, x.dtype)
+            for k, v in self._offset_views(x, 0, "pool.phase"):
+                if k == 0:
+                    y[...] = v
+                else:
+                    y += v
+            y /= self._sizes(xp, x.dtype)
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
         dy = top[0].diff
         xp = get_array_module(dy)
-        n, c = dy.shape[:2]
-        plane = self.height * self.width
         if self.method == PP.STOCHASTIC and self.phase != caffe_pb2.TRAIN:
             raise CaffeishError("STOCHASTIC pooling has no backward pass in the TEST phase (Caffe does not "
                                 "implement one); run the layer in the TRAIN phase to train through it")
-        if self.method in (PP.MAX, PP.STOCHASTIC):
-            if self.method == PP.STOCHASTIC:
-                idx = self.rand_idx
+        if self.method == PP.STOCHASTIC or (self.method == PP.MAX and len(top) > 1):
+            # Flat indices (the sampled element, or the mask top, which Caffe routes by): scatter-add.
+            idx = self.rand_idx if self.method == PP.STOCHASTIC else top[1].data.astype(numpy.int64)
+            n, c = dy.shape[:2]
+            offsets = (xp.arange(n * c, dtype=numpy.int64) * (self.height * self.width)).reshape(n, c, 1, 1)
+            valid = (idx >= 0).ravel()
+            dx = bottom[0].diff.reshape(-1)
+            dx[...] = 0
+            _scatter_add(xp, dx, (idx + offsets).ravel()[valid], dy.ravel()[valid])
+            return
+        if self.method == PP.MAX:
+            # Each output's gradient goes to the one input its window's maximum came from (the index kept
+            # by forward): a plain scatter when windows do not overlap, a scatter-add when they do.
+            dx = bottom[0].diff.reshape(-1)
+            dx[...] = 0
+            idx, values = self.max_idx.reshape(-1), dy.reshape(-1)
+            if self.missing:  # windows without a maximum pass nothing back
+                keep = idx >= 0
+                idx, values = idx[keep], values[keep]
+            if self.stride_h >= self.kernel_h and self.stride_w >= self.kernel_w:
+                dx[idx] = values
             else:
-                idx = top[1].data.astype(numpy.int64) if len(top) > 1 else self.max_idx
-            valid = idx >= 0
-            offsets = (xp.arange(n * c, dtype=numpy.int64) * plane).reshape(n, c, 1, 1)
-            flat = xp.where(valid, idx + offsets, 0).ravel()
-            weights = xp.where(valid, dy, 0).ravel()
-            dx = xp.bincount(flat, weights=weights, minlength=n * c * plane)
-            bottom[0].diff[...] = dx.reshape(bottom[0].shape).astype(bottom[0].dtype, copy=False)
-        else:
-            hp, wp = self._padded_extent()
-            padded = xp.zeros((n, c, hp, wp), dtype=dy.dtype)
-            share = dy / self._pool_size(xp, dy.dtype)
-            for i in range(self.kernel_h):
-                for j in range(self.kernel_w):
-                    padded[self._window(i, j)] += share
-            bottom[0].diff[...] = padded[self._interior()]
+                _scatter_add(xp, dx, idx, values)
+            return
+        target, framed = self._target(bottom[0].diff, "pool.src")
+        share = workspace(xp, dy.dtype, "pool.share", dy.size).reshape(dy.shape)
+        xp.divide(dy, self._sizes(xp, dy.dtype), out=share)
+        target[...] = 0
+        for i, j in self._offsets():
+            target[self._window(i, j)] += share
+        if framed:
+            bottom[0].diff[...] = target[self._interior()]
+
+
+def _phase_span(a, stride, pad, size, length):
+    """The phase positions [lo, hi) (of ``length``) that fall inside the input: 0 <= a + r stride - pad < size."""
+    lo = max(0, -(-(pad - a) // stride))
+    hi = min(length, (size - 1 + pad - a) // stride + 1) if size - 1 + pad - a >= 0 else 0
+    return lo, max(lo, hi)
+
+
+def _scatter_add(xp, out, index, values):
+    """out[index] += values, repeated indices summed (numpy's ufunc.at; CuPy's scatter_add)."""
+    if xp is numpy:
+        numpy.add.at(out, index, values)
+        return
+    import cupyx
+    cupyx.scatter_add(out, index, values)

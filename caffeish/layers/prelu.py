@@ -4,6 +4,8 @@ bottom: at least 2 axes (N, C, ...); top: the same shape (in place allowed: forw
 of the bottom for backward, as Caffe's bottom_memory_).  The slope blob has shape (C,), or () when
 ``channel_shared``; it is filled by ``prelu_param.filler``, constant 0.25 when that is not given.
 """
+import math
+
 from ..backend import get_array_module
 from ..blob import Blob
 from ..errors import CaffeishError
@@ -51,7 +53,7 @@ class PReLULayer(NeuronLayer):
         return a.reshape(()) if self.channel_shared else a.reshape(1, -1, 1)
 
     def _view(self, array):
-        return array.reshape(array.shape[0], array.shape[1], -1)
+        return array.reshape(array.shape[0], array.shape[1], math.prod(array.shape[2:]))  # -1 fails on 0 values
 
     def forward(self, bottom, top):
         x = bottom[0].data

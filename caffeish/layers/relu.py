@@ -1,5 +1,8 @@
 """ReLU: y = max(0, x) + negative_slope * min(0, x).   bottom, top: any shape (in place allowed)."""
+import numpy
+
 from ..backend import get_array_module
+from ..im2col import workspace
 from ..layer import NeuronLayer, register_layer
 
 
@@ -14,16 +17,24 @@ class ReLULayer(NeuronLayer):
         if self.slope == 0:
             xp.maximum(x, 0, out=top[0].data)
         else:
-            top[0].data[...] = xp.where(x > 0, x, x * self.slope)
+            # y = max(x, 0) + slope * min(x, 0), without temporaries (works in place too).
+            neg = workspace(xp, x.dtype, "relu.tmp", x.size).reshape(x.shape)
+            xp.minimum(x, 0, out=neg)
+            neg *= self.slope
+            xp.maximum(x, 0, out=top[0].data)
+            top[0].data[...] += neg
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
-        # In place, bottom data is already y; y > 0 exactly where x > 0, so the mask is the same.
+        # In place, bottom data is already y; y > 0 exactly where x > 0 (for slope >= 0), so the mask is the same.
         x = bottom[0].data
         dy = top[0].diff
+        xp = get_array_module(x)
+        positive = workspace(xp, numpy.bool_, "relu.mask", x.size).reshape(x.shape)
+        xp.greater(x, 0, out=positive)
         if self.slope == 0:
-            bottom[0].diff[...] = dy * (x > 0)
+            xp.multiply(dy, positive, out=bottom[0].diff)
         else:
-            xp = get_array_module(x)
-            bottom[0].diff[...] = dy * xp.where(x > 0, 1.0, self.slope).astype(dy.dtype)
+            one, slope = dy.dtype.type(1), dy.dtype.type(self.slope)
+            xp.multiply(dy, xp.where(positive, one, slope), out=bottom[0].diff)

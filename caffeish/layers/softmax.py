@@ -1,14 +1,18 @@
 """Softmax along ``softmax_param.axis``.   bottom, top: any shape (in place allowed)."""
 from ..backend import get_array_module
+from ..im2col import workspace
 from ..layer import Layer, register_layer
 
 
 def softmax(x, axis, out):
-    """Write softmax(x) along ``axis`` into ``out`` (may be ``x``), subtracting the max first."""
+    """Write softmax(x) along ``axis`` into ``out`` (may be ``x``), subtracting the max first.
+
+    Works in ``out`` itself: no array of ``x``'s size is made besides it.
+    """
     xp = get_array_module(x)
-    e = xp.exp(x - x.max(axis=axis, keepdims=True))
-    e /= e.sum(axis=axis, keepdims=True)
-    out[...] = e
+    xp.subtract(x, x.max(axis=axis, keepdims=True), out=out)
+    xp.exp(out, out=out)
+    out /= out.sum(axis=axis, keepdims=True)
 
 
 @register_layer("Softmax")
@@ -29,5 +33,10 @@ class SoftmaxLayer(Layer):
             return
         # dx = (dy - sum(dy * y)) * y, from the top alone.
         y, dy = top[0].data, top[0].diff
-        dot = (dy * y).sum(axis=self.axis, keepdims=True)
-        bottom[0].diff[...] = (dy - dot) * y
+        xp = get_array_module(y)
+        dx = bottom[0].diff  # may be dy itself (in place): dot is taken before it is written
+        prod = workspace(xp, y.dtype, "softmax.tmp", y.size).reshape(y.shape)
+        xp.multiply(dy, y, out=prod)
+        dot = prod.sum(axis=self.axis, keepdims=True)
+        xp.subtract(dy, dot, out=dx)
+        dx *= y

@@ -87,7 +87,9 @@ class SoftmaxWithLossLayer(LossLayer):
     def forward(self, bottom, top):
         x = bottom[0].data
         xp = get_array_module(x)
-        self.prob = xp.empty_like(x)
+        prob = getattr(self, "prob", None)
+        if prob is None or prob.shape != x.shape or prob.dtype != x.dtype or get_array_module(prob) is not xp:
+            self.prob = xp.empty_like(x)  # kept for backward; allocated once per shape
         softmax(x, self.axis, self.prob)
         prob = self._prob(bottom)
         _, valid, safe = read_labels(bottom[1], self.outer_num, self.inner_num, self.num_classes,
@@ -109,9 +111,15 @@ class SoftmaxWithLossLayer(LossLayer):
             return
         prob = self._prob(bottom)
         xp = get_array_module(prob)
-        classes = xp.arange(self.num_classes)[None, :, None]
-        onehot = classes == self.safe[:, None, :]
-        grad = (prob - onehot) * self.valid[:, None, :]
+        # dx = (prob - onehot(label)) * valid * loss_weight / normalizer, built in the diff itself.
+        grad = bottom[0].diff.reshape(prob.shape)
+        grad[...] = prob
+        outer = xp.arange(self.outer_num)[:, None]
+        inner = xp.arange(self.inner_num)[None, :]
+        grad[outer, self.safe, inner] -= 1   # one label per (outer, inner): no repeated index
         norm = normalizer(self.normalization, self.outer_num, self.inner_num, self.count)
         scale = top[0].diff / xp.asarray(norm, dtype=self.dtype)
-        bottom[0].diff.reshape(prob.shape)[...] = grad * scale
+        if bool(self.valid.all()):
+            grad *= scale
+        else:
+            grad *= (self.valid * scale)[:, None, :].astype(grad.dtype, copy=False)

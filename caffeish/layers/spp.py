@@ -19,6 +19,7 @@ from .pooling import PoolingLayer
 
 SP = caffe_pb2.SPPParameter
 PP = caffe_pb2.PoolingParameter
+MAX_PYRAMID_HEIGHT = 32
 _POOL = {SP.MAX: PP.MAX, SP.AVE: PP.AVE, SP.STOCHASTIC: PP.STOCHASTIC}
 
 
@@ -46,6 +47,9 @@ class SPPLayer(Layer):
         p = self.param.spp_param
         if not p.HasField("pyramid_height") or p.pyramid_height < 1:
             raise CaffeishError(f"spp_param needs a positive pyramid_height, got {p.pyramid_height}")
+        if p.pyramid_height > MAX_PYRAMID_HEIGHT:
+            raise CaffeishError(f"spp_param.pyramid_height {p.pyramid_height} is more than {MAX_PYRAMID_HEIGHT} "
+                                f"levels (level l has 2^l x 2^l bins)")
         if p.pool not in _POOL:
             raise CaffeishError(f"unknown SPP pooling method {p.pool}")
         self.pyramid_height = int(p.pyramid_height)

@@ -93,6 +93,13 @@ class AdaDeltaSolver(Solver):
 class AdamSolver(Solver):
     history_sets = 2
 
+    def check_parameters(self):
+        for name in ("momentum", "momentum2"):
+            value = getattr(self.param, name)
+            if not 0 <= value < 1:
+                raise CaffeishError(f"Adam's {name} (beta{name[-1] if name[-1] == '2' else '1'}) must be in [0, 1), "
+                                    f"not {value:g}")
+
     def compute_update_value(self, i, rate):
         blob = self.net.learnable_params[i]
         m1, m2 = self.history_blob(i, 0).data, self.history_blob(i, 1).data

@@ -26,7 +26,22 @@ def learning_rate(param, it, solver):
     if not policy:
         raise CaffeishError("the solver gives no lr_policy (Caffe needs one: fixed, step, exp, inv, multistep, "
                             "poly or sigmoid)")
-    return POLICIES.get(policy, context="lr_policy")(param, it, solver)
+    source = getattr(solver, "source", None)
+    try:
+        rule = POLICIES.get(policy, context="lr_policy")
+    except CaffeishError as e:
+        raise e.in_file(source) from None
+    try:
+        rate = rule(param, it, solver)
+        if not math.isfinite(rate):
+            raise ArithmeticError(f"it is {rate}")
+        return rate
+    except CaffeishError as e:
+        raise e.in_file(source) from None
+    except (ArithmeticError, ValueError) as e:  # math.pow/exp: overflow, a negative base to a fractional power
+        raise CaffeishError(f"lr_policy '{policy}' gives no learning rate at iteration {it} ({e}) with base_lr "
+                            f"{param.base_lr:g}, gamma {param.gamma:g}, power {param.power:g}, stepsize "
+                            f"{param.stepsize}, max_iter {param.max_iter}; check these values", path=source) from None
 
 
 @POLICIES.register("fixed")

@@ -15,7 +15,7 @@ from .. import backend
 from ..errors import CaffeishError
 from ..proto import caffe_pb2
 from ..prototxt import read_binary_proto, write_binary_proto
-from ..weights import atomic_h5, load_weights
+from ..weights import H5_ERRORS, atomic_h5, load_weights
 
 log = logging.getLogger("caffeish")
 
@@ -40,6 +40,19 @@ def save_solver_state(solver, model_path, state_path, hdf5=False):
     write_binary_proto(state_path, state)
 
 
+def _text(value, field, path):
+    """A text field of a solver state (str; bytes from HDF5 or from a damaged protobuf string)."""
+    if isinstance(value, (bytes, numpy.bytes_)):
+        try:
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise CaffeishError(f"the solver state {path} is damaged: its {field} is not UTF-8 text") from None
+    value = str(value)
+    if "\x00" in value:
+        raise CaffeishError(f"the solver state {path} is damaged: its {field} holds a NUL character")
+    return value
+
+
 def _learned_net_path(learned_net, state_path):
     if not learned_net or os.path.exists(learned_net):
         return learned_net
@@ -52,16 +65,22 @@ def restore_solver_state(solver, path):
         raise CaffeishError(f"the solver state {path} does not exist")
     if path.endswith(".h5"):
         import h5py
-        with h5py.File(path, "r") as f:
-            it, step = int(f["iter"][()]), int(f["current_step"][()])
-            learned = f["learned_net"][()].decode() if "learned_net" in f else ""
-            extra = f["resume_state_json"][()].decode() if "resume_state_json" in f else ""
-            group = f.get("history", {})
-            history = [numpy.asarray(group[str(i)]) for i in range(len(group))]
+        try:
+            with h5py.File(path, "r") as f:
+                it, step = int(f["iter"][()]), int(f["current_step"][()])
+                learned = f["learned_net"][()] if "learned_net" in f else ""
+                extra = f["resume_state_json"][()] if "resume_state_json" in f else ""
+                group = f.get("history", {})
+                history = [numpy.asarray(group[str(i)]) for i in range(len(group))]
+        except H5_ERRORS as e:  # h5py's words for a damaged file
+            raise CaffeishError(f"the solver state {path} is not a readable HDF5 solver state ({e}); resume from "
+                                "another snapshot") from None
     else:
         state = read_binary_proto(path, caffe_pb2.SolverState)
         it, step, learned, extra = state.iter, state.current_step, state.learned_net, state.resume_state_json
         history = state.history
+    learned = _text(learned, "learned_net", path)
+    extra = _text(extra, "resume_state_json", path)
     if len(history) != len(solver.history):
         raise CaffeishError(f"the solver state {path} holds {len(history)} history blobs, but this "
                             f"{solver.type_name} solver's net needs {len(solver.history)}: it was saved for a "
@@ -82,4 +101,8 @@ def restore_solver_state(solver, path):
                 raise CaffeishError(f"the solver state {path} does not fit this net ({e.reason})") from None
     solver.iter, solver.current_step = it, step
     if extra:
-        solver.set_resume_state(json.loads(extra))
+        try:
+            solver.set_resume_state(json.loads(extra))
+        except (ValueError, TypeError, KeyError, AttributeError) as e:  # JSON or a generator state of another shape
+            raise CaffeishError(f"the solver state {path} holds a damaged resume state ({type(e).__name__}: {e}); "
+                                "resume from another snapshot") from None

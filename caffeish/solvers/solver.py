@@ -76,6 +76,9 @@ class Solver:
         self.action_request = None
         #: Called after each iteration with the solver (the CLI's progress bar).
         self.on_iteration = None
+        #: Called with the iteration's loss once the gradients are computed, before ``apply_update``; returns the
+        #: loss to report (data-parallel training all-reduces the gradients and the loss here).
+        self.on_gradients_ready = None
         log.info("Solver scaffolding done.")
 
     # -- set-up -----------------------------------------------------------------
@@ -114,7 +117,10 @@ class Solver:
         state.MergeFrom(net_param.state)
         state.MergeFrom(p.train_state)
         net_param.state.CopyFrom(state)
-        return Net(net_param, dtype=self.dtype, source_dir=source_dir)
+        try:
+            return Net(net_param, dtype=self.dtype, source_dir=source_dir)
+        except CaffeishError as e:  # name the file the net came from: its own, or the solver (inline nets)
+            raise e.in_file(self.source if field.endswith("_param") else self._net_path(getattr(p, field))) from None
 
     def _init_test_nets(self):
         p = self.param
@@ -140,6 +146,9 @@ class Solver:
                 sources.append((param, f"net file: {p.net}", directory))
         if p.test_state and len(p.test_state) != len(sources):
             raise CaffeishError("test_state must be unspecified or given once per test net")
+        if any(n <= 0 for n in p.test_iter):
+            raise CaffeishError(f"test_iter must be positive (the test batches per test net), not "
+                                f"{', '.join(str(n) for n in p.test_iter)}")
         if sources and p.test_interval <= 0:
             raise CaffeishError("the solver has test nets (test_iter is set) but no positive test_interval")
         nets = []
@@ -152,7 +161,11 @@ class Solver:
                 state.MergeFrom(p.test_state[i])
             net_param.state.CopyFrom(state)
             log.info("Creating test net (#%d) specified by %s", i, description)
-            nets.append(Net(net_param, dtype=self.dtype, source_dir=directory))
+            try:
+                nets.append(Net(net_param, dtype=self.dtype, source_dir=directory))
+            except CaffeishError as e:
+                raise e.in_file(description.split("file: ", 1)[1] if "file: " in description else self.source) \
+                    from None
         return nets
 
     # -- the loop -------------------------------------------------------------------
@@ -197,6 +210,8 @@ class Solver:
                 loss += self.net.forward_backward()
             loss /= p.iter_size
             check_finite(self.net, loss, self.iter)
+            if self.on_gradients_ready is not None:
+                loss = self.on_gradients_ready(loss)
             self._update_smoothed_loss(loss, start_iter, p.average_loss)
             if display:
                 lapse = time.perf_counter() - timer
@@ -297,15 +312,24 @@ class Solver:
             log.info("Iteration %d, lr = %g", self.iter, rate)
         self.clip_gradients()
         for i in range(len(self.net.learnable_params)):
-            self.normalize(i)
-            self.regularize(i)
-            self.compute_update_value(i, rate)
-        for blob in self.net.learnable_params:
-            blob.data[...] -= blob.diff
+            self.update_param(i, rate)
         if self.net.debug_info:
             for i, blob in enumerate(self.net.learnable_params):
                 log.info("    [Update] Param %s data: %g; diff: %g", self.net._param_display[i],
                          blob.asum_data() / blob.count, blob.asum_diff() / blob.count)
+
+    def update_param(self, i, rate):
+        """Normalize, regularize, compute the update value (into the diff) and apply it: data -= diff.
+
+        Parameters are independent, so applying each one's update as soon as it is computed gives what
+        Caffe's apply-all-at-the-end gives.  Solver types may fuse the whole sequence (SGD does).
+        """
+        self.normalize(i)
+        self.regularize(i)
+        self.compute_update_value(i, rate)
+        blob = self.net.learnable_params[i]
+        data = blob.data
+        backend.get_array_module(data).subtract(data, blob.diff, out=data)
 
     def clip_gradients(self):
         threshold = self.param.clip_gradients
@@ -336,7 +360,8 @@ class Solver:
         else:
             xp.sign(blob.data, out=tmp)
             tmp *= decay
-        blob.diff[...] += tmp
+        diff = blob.diff
+        xp.add(diff, tmp, out=diff)
 
     def compute_update_value(self, i, rate):
         raise NotImplementedError
@@ -365,24 +390,63 @@ class Solver:
         return f"{prefix}_iter_{self.iter}{extension}"
 
     def snapshot(self):
+        """Write the .caffemodel, then the .solverstate; returns their paths, or None when writing failed.
+
+        Each file is written atomically, so a crash at any moment leaves every earlier snapshot whole (a
+        crash between the two files leaves a new .caffemodel beside the previous .solverstate, which still
+        names its own .caffemodel).  A write that fails (a full disk, a missing directory) removes what this
+        snapshot wrote, keeps the previous snapshot, and then stops training with a CaffeishError
+        (``on_snapshot_error = "stop"``, the default) or logs it and trains on (``"continue"``).
+        """
         hdf5 = self.param.snapshot_format == caffe_pb2.SolverParameter.HDF5
         model = self.snapshot_filename(".caffemodel.h5" if hdf5 else ".caffemodel")
-        directory = os.path.dirname(model)
-        if directory:
-            os.makedirs(directory, exist_ok=True)
-        if hdf5:
-            log.info("Snapshotting to HDF5 file %s", model)
-            save_net_hdf5(self.net, model, self.param.snapshot_diff)
-        else:
-            log.info("Snapshotting to binary proto file %s", model)
-            self.net.save(model, write_diff=self.param.snapshot_diff)
         state = self.snapshot_filename(".solverstate.h5" if hdf5 else ".solverstate")
-        log.info("Snapshotting solver state to %s file %s", "HDF5" if hdf5 else "binary proto", state)
-        snap.save_solver_state(self, model, state, hdf5)
+        written = None
+        try:
+            directory = os.path.dirname(model)
+            if directory:
+                os.makedirs(directory, exist_ok=True)
+            written = model
+            if hdf5:
+                log.info("Snapshotting to HDF5 file %s", model)
+                save_net_hdf5(self.net, model, self.param.snapshot_diff)
+            else:
+                log.info("Snapshotting to binary proto file %s", model)
+                self.net.save(model, write_diff=self.param.snapshot_diff)
+            written = state
+            log.info("Snapshotting solver state to %s file %s", "HDF5" if hdf5 else "binary proto", state)
+            snap.save_solver_state(self, model, state, hdf5)
+        except OSError as e:
+            return self._snapshot_failed(written or model, model if written == state else None, e)
+        self.last_snapshot = (model, state)
         return model, state
+
+    #: What a failed snapshot write does: "stop" (raise CaffeishError) or "continue" (log it and train on).
+    on_snapshot_error = "stop"
+    #: (caffemodel, solverstate) of the last snapshot this solver wrote.
+    last_snapshot = None
+
+    def _snapshot_failed(self, path, orphan, error):
+        if orphan is not None:  # the model of a snapshot whose state could not be written
+            try:
+                os.unlink(orphan)
+            except OSError:
+                pass
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        kept = (f"the previous snapshot ({self.last_snapshot[1]}) is kept" if self.last_snapshot
+                else "no earlier snapshot of this run was written")
+        if self.on_snapshot_error == "continue":
+            log.error("Snapshot at iteration %d failed: cannot write %s: %s; %s. Training goes on "
+                      "(--on-snapshot-error continue).", self.iter, path, reason, kept)
+            return None
+        resume = f" and resume with --snapshot {self.last_snapshot[1]}" if self.last_snapshot else ""
+        raise CaffeishError(f"cannot write the snapshot at iteration {self.iter}: {reason}; {kept}. Free space (or "
+                            f"fix snapshot_prefix){resume}, or pass --on-snapshot-error continue to train on "
+                            "without snapshots", path=path) from None
 
     def restore(self, path):
         snap.restore_solver_state(self, path)
+        self.last_snapshot = (None, os.fspath(path))
 
     # -- exact resume: everything besides weights and history that decides what comes next --
     def resume_state(self):
