@@ -96,7 +96,8 @@ def benchmark(net, iterations):
 @register_command("time")
 @click.command()
 @click.option("--model", required=True, type=click.Path(), help="The model definition (prototxt).")
-@click.option("--iterations", default=50, type=int, show_default=True, help="Iterations to time.")
+@click.option("--iterations", default=50, type=click.IntRange(min=1), show_default=True,
+              help="Iterations to time.")
 @click.option("--phase", default="TRAIN", show_default=True, help="TRAIN or TEST.")
 @level_option
 @stage_option

@@ -42,7 +42,8 @@ class TanHLayer(NeuronLayer):
             return
         y = top[0].data
         xp = get_array_module(y)
-        factor = xp.multiply(y, y)
+        factor = xp.empty_like(y)  # an array even for 0-axis blobs, where y * y would be a scalar
+        xp.multiply(y, y, out=factor)
         xp.subtract(1, factor, out=factor)
         xp.multiply(top[0].diff, factor, out=bottom[0].diff)
 
