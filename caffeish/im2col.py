@@ -18,7 +18,9 @@ GEMM per group covers the whole batch; they can write into ``workspace`` buffers
 that are allocated once and reused by every layer, as Caffe's column buffer is.
 """
 import itertools
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy
 
@@ -70,6 +72,84 @@ def _geometry(spatial, kernel, stride, pad, dilation, out_shape):
 
 def _interior(spatial, pad):
     return tuple(slice(p, p + size) for size, p in zip(spatial, pad))
+
+
+# -- threads for the element-wise work --------------------------------------------------------
+#: Below this many elements a split across threads costs more than it saves.
+PARALLEL_MIN_ELEMENTS = 1 << 17
+_threads = {"count": None, "executor": None, "pid": None}
+
+
+def num_threads():
+    """Threads for numpy's element-wise work (copies, sums, masks): as many as the BLAS uses.
+
+    CAFFEISH_NUM_THREADS, else OPENBLAS_NUM_THREADS / OMP_NUM_THREADS / MKL_NUM_THREADS, else the CPUs
+    this process may run on.  numpy releases the GIL inside its loops, so threads run them in parallel.
+    """
+    if _threads["count"] is None:
+        count = None
+        for var in ("CAFFEISH_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            value = os.environ.get(var, "").strip()
+            if value.isdigit() and int(value) > 0:
+                count = int(value)
+                break
+        if count is None:
+            count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        _threads["count"] = max(1, count)
+    return _threads["count"]
+
+
+def set_num_threads(count):
+    """Use ``count`` threads for the element-wise work (None: decide again from the environment)."""
+    _threads["count"] = None if count is None else max(1, int(count))
+
+
+def parallel_for(total, fn, elements=None):
+    """Run ``fn(lo, hi)`` over ``[0, total)`` cut into one contiguous part per thread; the caller runs one.
+
+    ``elements`` is the amount of work (array elements touched) deciding whether a split pays.  The parts
+    must write disjoint memory.  ``fn`` must not ask for ``workspace`` buffers (they are per thread) nor
+    call ``parallel_for`` (nested calls run serially).
+    """
+    count = min(num_threads(), total)
+    if elements is not None:
+        count = min(count, max(1, int(elements) // PARALLEL_MIN_ELEMENTS))
+    if count <= 1 or getattr(_local, "in_parallel", False):
+        fn(0, total)
+        return
+    if _threads["executor"] is None or _threads["pid"] != os.getpid() or \
+            _threads["executor"]._max_workers < count - 1:
+        _threads["executor"] = ThreadPoolExecutor(max_workers=max(1, num_threads() - 1),
+                                                  thread_name_prefix="caffeish-numpy")
+        _threads["pid"] = os.getpid()  # a forked child makes its own: the parent's threads are not in it
+    bounds = [total * i // count for i in range(count + 1)]
+
+    def run(lo, hi):
+        _local.in_parallel = True
+        try:
+            fn(lo, hi)
+        finally:
+            _local.in_parallel = False
+    futures = [_threads["executor"].submit(run, bounds[i], bounds[i + 1]) for i in range(count - 1)]
+    try:
+        run(bounds[-2], bounds[-1])
+    finally:
+        for f in futures:
+            f.result()
+
+
+def parallel_copy(dst, src, axis=0):
+    """dst[...] = src, split along ``axis`` across threads (numpy; CuPy copies at once)."""
+    if not isinstance(dst, numpy.ndarray) or dst.ndim == 0:
+        dst[...] = src
+        return
+    index = [slice(None)] * dst.ndim
+
+    def part(lo, hi):
+        index_ = list(index)
+        index_[axis] = slice(lo, hi)
+        dst[tuple(index_)] = src[tuple(index_)]
+    parallel_for(dst.shape[axis], part, dst.size)
 
 
 # -- work buffers ----------------------------------------------------------------------------
@@ -126,7 +206,7 @@ def _pad_into(x, pad, padded_shape, slot):
         if full > p + size:
             index[2 + axis] = slice(p + size, full)
             target[tuple(index)] = 0
-    target[(slice(None), slice(None)) + _interior(spatial, pad)] = x
+    parallel_copy(target[(slice(None), slice(None)) + _interior(spatial, pad)], x)
     return target
 
 
@@ -192,7 +272,7 @@ def im2col_cm(x, kernel, stride, pad, dilation, out_shape=None, slot=None):
     source = _pad_into(x, pad, padded_shape, None if slot is None else slot + ".pad")
     shape = (c,) + tuple(kernel) + (n,) + out_shape
     cols = _buffer(xp, x.dtype, slot, shape)
-    cols[...] = _window_view(xp, source, kernel, stride, dilation, out_shape, channel_major=True)
+    parallel_copy(cols, _window_view(xp, source, kernel, stride, dilation, out_shape, channel_major=True))
     return cols.reshape(c * len(offsets), n * _prod(out_shape))
 
 
@@ -213,21 +293,24 @@ def col2im_cm(cols, out, kernel, stride, pad, dilation, out_shape=None, slot=Non
     padded = padded_shape != spatial
     target = _buffer(xp, cols.dtype, slot, (n, c) + padded_shape) if padded else out
     cols = cols.reshape((c,) + tuple(kernel) + (n,) + out_shape)
-    if _disjoint(kernel, stride, dilation):
-        # Windows that do not overlap: every position is written at most once, so assign, zeroing the rest.
-        if _covers(padded_shape, kernel, stride, dilation, out_shape):
-            view = _window_view(xp, target, kernel, stride, dilation, out_shape, channel_major=True)
-            view[...] = cols
+    disjoint = _disjoint(kernel, stride, dilation)
+    covers = disjoint and _covers(padded_shape, kernel, stride, dilation, out_shape)
+    interior = (slice(None), slice(None)) + _interior(spatial, pad)
+
+    def channels(c0, c1):  # channels are independent: one part per thread
+        part = target[:, c0:c1]
+        if not covers:
+            part[...] = 0
+        if disjoint:
+            # Windows that do not overlap: every position is written at most once, so assign.
+            _window_view(xp, part, kernel, stride, dilation, out_shape, channel_major=True)[...] = cols[c0:c1]
         else:
-            target[...] = 0
-            _window_view(xp, target, kernel, stride, dilation, out_shape, channel_major=True)[...] = cols
-    else:
-        target[...] = 0
-        swapped = target.swapaxes(0, 1)  # (C, N, *padded): the columns' axis order
-        for offset in offsets:
-            swapped[(slice(None), slice(None)) + slices(offset)] += cols[(slice(None),) + offset]
-    if padded:
-        out[...] = target[(slice(None), slice(None)) + _interior(spatial, pad)]
+            swapped = part.swapaxes(0, 1)  # (C, N, *padded): the columns' axis order
+            for offset in offsets:
+                swapped[(slice(None), slice(None)) + slices(offset)] += cols[(slice(c0, c1),) + offset]
+        if padded:
+            out[:, c0:c1] = part[interior]
+    parallel_for(c, channels, cols.size)
     return out
 
 
@@ -268,23 +351,29 @@ def col2im_cm_wide(cols, out, kernel, stride, pad, dilation, out_shape=None, slo
                             f"for input {(n, c) + spatial}")
     plane = _prod(padded_shape)
     axis_step = [_prod(padded_shape[a + 1:]) for a in range(nd)]  # elements between neighbours on axis a
-    # The furthest element any offset's run reaches, from its plane's start: the slack past the last plane.
+    # The furthest element any offset's run reaches, from its plane's start: each plane gets that much
+    # slack after it, so that no run spills into a neighbour (and channels can be summed in parallel).
     reach = (sum((k - 1) * d * st for k, d, st in zip(kernel, dilation, axis_step))
              + sum((o - 1) * s * st for o, s, st in zip(rows, stride[:-1], axis_step[:-1])) + width)
-    slack = max(0, reach - plane)
-    flat = _buffer(xp, cols.dtype, slot, (n * c * plane + slack,))
-    flat[...] = 0
+    span = plane + max(0, reach - plane)
+    flat = _buffer(xp, cols.dtype, slot, (n * c * span,))
+    planes = flat.reshape(n, c, span)
     item = flat.itemsize
-    view_shape = (c, n) + tuple(rows) + (width,)
-    view_strides = tuple(v * item for v in (plane, c * plane)
-                         + tuple(s * st for s, st in zip(stride[:-1], axis_step[:-1])) + (1,))
     wide = cols.reshape((c,) + tuple(kernel) + (n,) + tuple(rows) + (width,))
-    for offset in offsets:
-        start = sum(o * d * st for o, d, st in zip(offset, dilation, axis_step))
-        view = _as_strided(xp, flat[start:], view_shape, view_strides)
-        view += wide[(slice(None),) + offset]
-    target = flat[:n * c * plane].reshape((n, c) + padded_shape)
-    out[...] = target[(slice(None), slice(None)) + _interior(spatial, pad)]
+    interior = (slice(None), slice(None)) + _interior(spatial, pad)
+
+    def channels(c0, c1):
+        planes[:, c0:c1] = 0
+        view_shape = (c1 - c0, n) + tuple(rows) + (width,)
+        view_strides = tuple(v * item for v in (span, c * span)
+                             + tuple(s * st for s, st in zip(stride[:-1], axis_step[:-1])) + (1,))
+        for offset in offsets:
+            start = c0 * span + sum(o * d * st for o, d, st in zip(offset, dilation, axis_step))
+            view = _as_strided(xp, flat[start:], view_shape, view_strides)
+            view += wide[(slice(c0, c1),) + offset]
+        part = planes[:, c0:c1, :plane].reshape((n, c1 - c0) + tuple(padded_shape))
+        out[:, c0:c1] = part[interior]
+    parallel_for(c, channels, cols.size)
     return out
 
 

@@ -20,6 +20,16 @@ from helpers import blob, empty, make_layer
 RNG = numpy.random.default_rng(20240611)
 
 
+@pytest.fixture(params=["serial", "threads"])
+def threads(request, monkeypatch):
+    """Run a test both serially and with the element-wise work split across 3 threads, however small."""
+    if request.param == "threads":
+        monkeypatch.setattr(im2col, "PARALLEL_MIN_ELEMENTS", 1)
+        im2col.set_num_threads(3)
+        request.addfinalizer(lambda: im2col.set_num_threads(None))
+    return request.param
+
+
 def random_geometry(rng, nd, unit_last_stride=False):
     """(spatial, kernel, stride, pad, dilation) with a non-empty output."""
     while True:
@@ -67,7 +77,7 @@ def channel_major(cols_batch):
 
 # -- im2col / col2im ------------------------------------------------------------------------------
 @pytest.mark.parametrize("trial", range(40))
-def test_im2col_cm_matches_reference(trial):
+def test_im2col_cm_matches_reference(trial, threads):
     rng = numpy.random.default_rng(trial)
     nd = int(rng.integers(1, 4))
     spatial, kernel, stride, pad, dilation = random_geometry(rng, nd)
@@ -80,7 +90,7 @@ def test_im2col_cm_matches_reference(trial):
 
 
 @pytest.mark.parametrize("trial", range(40))
-def test_col2im_cm_and_wide_match_reference(trial):
+def test_col2im_cm_and_wide_match_reference(trial, threads):
     rng = numpy.random.default_rng(100 + trial)
     nd = int(rng.integers(1, 4))
     spatial, kernel, stride, pad, dilation = random_geometry(rng, nd, unit_last_stride=trial % 2 == 0)
@@ -163,7 +173,7 @@ CONV_CASES = [
 @pytest.mark.parametrize("case", CONV_CASES)
 @pytest.mark.parametrize("chunked", [False, True])
 @pytest.mark.parametrize("paths", ["best", "no-correlate", "plain"])
-def test_convolution_fast_paths_match_reference(case, dtype, chunked, paths, monkeypatch):
+def test_convolution_fast_paths_match_reference(case, dtype, chunked, paths, threads, monkeypatch):
     shape, o, kernel, stride, pad, dilation, group = case
     if chunked:
         monkeypatch.setattr(conv_module, "COL_BUFFER_BYTES", 1)  # one image per chunk
@@ -269,13 +279,15 @@ POOL_CASES = [
     ((1, 2, 7, 7), (3, 3), (1, 1), (1, 1)),
     ((2, 1, 5, 11), (5, 4), (1, 2), (2, 0)),
     ((1, 2, 13, 12), (4, 3), (3, 2), (0, 1)),
+    ((1, 2, 7, 300), (3, 3), (2, 2), (0, 0)),   # wide rows: flat indices far past 255
+    ((2, 1, 2, 2), (3, 3), (1, 1), (1, 1)),     # kernel wider than the input
 ]
 
 
 @pytest.mark.parametrize("dtype", [numpy.float64, numpy.float32])
 @pytest.mark.parametrize("method", ["MAX", "AVE"])
 @pytest.mark.parametrize("case", POOL_CASES)
-def test_pooling_fast_paths_match_reference(case, method, dtype):
+def test_pooling_fast_paths_match_reference(case, method, dtype, threads):
     shape, kernel, stride, pad = case
     if method == "AVE" and case is POOL_CASES[2]:
         pytest.skip("a window past the input has size 0: AVE divides by it (as Caffe does)")
@@ -325,7 +337,7 @@ def ref_lrn(x, size, alpha, beta, k, dy):
 @pytest.mark.parametrize("size,channels,cumulative", [(5, 7, False), (3, 2, False), (7, 3, False), (5, 9, True),
                                                       (9, 4, True), (1, 3, True)])
 @pytest.mark.parametrize("in_place", [False, True])
-def test_lrn_channel_sums_match_reference(size, channels, cumulative, in_place, dtype, monkeypatch):
+def test_lrn_channel_sums_match_reference(size, channels, cumulative, in_place, dtype, threads, monkeypatch):
     if cumulative:
         monkeypatch.setattr(lrn_module, "SHIFTED_SUM_MAX_SIZE", 0)  # force the cumulative-sum path
     layer = make_layer(f'type: "LRN" lrn_param {{ local_size: {size} alpha: 0.5 beta: 0.75 k: 1.5 }}', dtype=dtype)
@@ -380,7 +392,7 @@ def test_inner_product_orientations_match_reference(m, k, n, transpose, accumula
 @pytest.mark.parametrize("dtype", [numpy.float64, numpy.float32])
 @pytest.mark.parametrize("slope", [0.0, 0.1])
 @pytest.mark.parametrize("in_place", [False, True])
-def test_relu_matches_reference(slope, in_place, dtype):
+def test_relu_matches_reference(slope, in_place, dtype, threads):
     layer = make_layer(f'type: "ReLU" relu_param {{ negative_slope: {slope} }}', dtype=dtype)
     x0 = numpy.random.default_rng(3).standard_normal((3, 4, 5)).astype(dtype)
     x0[0, 0, :2] = 0
@@ -497,7 +509,7 @@ def unfused_update(solver):
 @pytest.mark.parametrize("kind", ["SGD", "Nesterov"])
 @pytest.mark.parametrize("regularization", ["L2", "L1"])
 @pytest.mark.parametrize("iter_size", [1, 3])
-def test_fused_update_equals_unfused_sequence(kind, regularization, iter_size, dtype, monkeypatch):
+def test_fused_update_equals_unfused_sequence(kind, regularization, iter_size, dtype, threads, monkeypatch):
     monkeypatch.setattr(sgd_module, "FUSED_CHUNK", 64)  # many slices, a ragged last one
     text = (f'type: "{kind}" base_lr: 0.05 lr_policy: "fixed" momentum: 0.9 weight_decay: 0.01 '
             f'regularization_type: "{regularization}" iter_size: {iter_size} display: 0')

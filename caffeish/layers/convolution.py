@@ -20,8 +20,8 @@ from ..backend import get_array_module
 from ..blob import Blob
 from ..errors import CaffeishError
 from ..fillers import fill
-from ..im2col import (col2im_cm, col2im_cm_wide, conv_output_shape, im2col_cm, wide_ok, wide_width,
-                      workspace)
+from ..im2col import (col2im_cm, col2im_cm_wide, conv_output_shape, im2col_cm, parallel_copy, parallel_for,
+                      wide_ok, wide_width, workspace)
 from ..layer import Layer, register_layer
 
 #: Upper bound for one im2col buffer; a batch whose columns exceed it is processed in equal chunks of images
@@ -230,7 +230,7 @@ class ConvolutionLayer(Layer):
                 elif need_weight or need_bias or (down and self.data_path == "cols"):
                     # the top's gradient, channel-major like the columns: (nout, n L)
                     dyt = workspace(xp, dy.dtype, "conv.gemm", nout * n * L).reshape(nout, n, L)
-                    dyt[...] = dy[start:stop].swapaxes(0, 1)
+                    parallel_copy(dyt, dy[start:stop].swapaxes(0, 1))
                     dyt = dyt.reshape(g, og, n * L)
                 if need_bias:
                     self.blobs[1].diff[...] += dyt.reshape(nout, -1).sum(axis=1)
@@ -290,8 +290,13 @@ class ConvolutionLayer(Layer):
         width = self.wide_width
         dyw = workspace(xp, dy.dtype, "conv.wide", self.num_output * n * _count(rows) * width)
         dyw = dyw.reshape((self.num_output, n) + tuple(rows) + (width,))
-        dyw[..., self.out_shape[-1]:] = 0
-        dyw[..., :self.out_shape[-1]] = dy.reshape((n, self.num_output) + tuple(self.out_shape)).swapaxes(0, 1)
+        source = dy.reshape((n, self.num_output) + tuple(self.out_shape)).swapaxes(0, 1)
+        last = self.out_shape[-1]
+
+        def channels(lo, hi):
+            dyw[lo:hi, ..., last:] = 0
+            dyw[lo:hi, ..., :last] = source[lo:hi]
+        parallel_for(self.num_output, channels, dyw.size)
         columns = n * _count(rows) * width
         dcols = _gemm(xp, wt, dyw.reshape(g, -1, columns),
                       workspace(xp, dy.dtype, "conv", g * wt.shape[1] * columns).reshape(g, -1, columns))
@@ -315,7 +320,7 @@ def _columns(x, group, kernel, stride, pad, dilation, out_shape):
             cols = x.reshape(c, -1)
         else:  # 1x1: the input is its own columns, transposed to channel-major
             cols = workspace(get_array_module(x), x.dtype, "conv", x.size).reshape(c, n, -1)
-            cols[...] = x.reshape(n, c, -1).swapaxes(0, 1)
+            parallel_copy(cols, x.reshape(n, c, -1).swapaxes(0, 1))
     else:
         cols = im2col_cm(x, kernel, stride, pad, dilation, out_shape, slot="conv")
     return cols.reshape(group, -1, n * length)
@@ -338,11 +343,7 @@ def _correlate(x, w, kernel, stride, pad, dilation, out_shape, y, bias):
         yt = _gemm(xp, cols.swapaxes(1, 2), w.swapaxes(1, 2),
                    workspace(xp, x.dtype, "conv.gemm", nout * n * length).reshape(g, n * length, og))
         images_first = yt.reshape(g, n, length, og).transpose(1, 0, 3, 2)  # (n, g, og, L)
-        target = y.reshape(n, g, og, length)
-        if bias is not None:
-            xp.add(images_first, bias.reshape(g, og, 1), out=target)
-        else:
-            target[...] = images_first
+        _store(xp, y.reshape(n, g, og, length), images_first, None if bias is None else bias.reshape(g, og, 1))
         return
     # (g, og, K) @ (g, K, n L) -> (g, og, n L)
     if n == 1:
@@ -352,11 +353,17 @@ def _correlate(x, w, kernel, stride, pad, dilation, out_shape, y, bias):
         return
     out = workspace(xp, x.dtype, "conv.gemm", nout * n * length).reshape(g, og, n * length)
     _gemm(xp, w, cols, out)
-    images_first = out.reshape(nout, n, length).swapaxes(0, 1)
-    if bias is not None:
-        xp.add(images_first, bias[:, None], out=y)
-    else:
-        y[...] = images_first
+    _store(xp, y, out.reshape(nout, n, length).swapaxes(0, 1), None if bias is None else bias[:, None])
+
+
+def _store(xp, y, images_first, bias):
+    """y = images_first (+ bias), the images split across threads."""
+    def images(lo, hi):
+        if bias is not None:
+            xp.add(images_first[lo:hi], bias, out=y[lo:hi])
+        else:
+            y[lo:hi] = images_first[lo:hi]
+    parallel_for(y.shape[0], images, y.size)
 
 
 def _gemm(xp, a, b, out):

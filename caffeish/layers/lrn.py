@@ -14,7 +14,7 @@ sums for very large windows); ``scale`` and ``scale^-beta`` are kept from forwar
 """
 from ..backend import get_array_module
 from ..errors import CaffeishError
-from ..im2col import workspace
+from ..im2col import parallel_for, workspace
 from ..layer import Layer, register_layer
 from ..proto import caffe_pb2
 
@@ -111,10 +111,13 @@ class LRNLayer(Layer):
         out = xp.empty_like(x) if out is None else out
         if self.region == LP.ACROSS_CHANNELS:
             sq = workspace(xp, x.dtype, "lrn.tmp", x.size).reshape(x.shape)
-            xp.multiply(x, x, out=sq)
-            _channel_window_sum(sq, self.size, out)
-            out *= self.alpha / self.size
-            out += self.k
+
+            def images(lo, hi):
+                xp.multiply(x[lo:hi], x[lo:hi], out=sq[lo:hi])
+                _channel_window_sum(sq[lo:hi], self.size, out[lo:hi])
+                out[lo:hi] *= self.alpha / self.size
+                out[lo:hi] += self.k
+            parallel_for(x.shape[0], images, x.size * 4)
             return out
         out[...] = 1.0 + (self.alpha / (self.size * self.size)) * _window_sum(x * x, self.size, (2, 3))
         return out
@@ -131,8 +134,12 @@ class LRNLayer(Layer):
             self.saved_input = None
         scale, powered = self._buffers(xp, x.shape)
         self.scale = self._scale(x, scale)
-        xp.power(scale, -self.beta, out=powered)
-        xp.multiply(x, powered, out=top[0].data)
+        y = top[0].data
+
+        def images(lo, hi):
+            xp.power(scale[lo:hi], -self.beta, out=powered[lo:hi])
+            xp.multiply(x[lo:hi], powered[lo:hi], out=y[lo:hi])
+        parallel_for(x.shape[0], images, x.size * 4)
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
@@ -151,17 +158,24 @@ class LRNLayer(Layer):
         # y = x s^-b  =>  dx = dy s^-b - 2 a b / N x * window_sum(dy x s^(-b-1)), the window being
         # symmetric so that its transpose is itself; N = n (across) or n^2 (within).
         direct = workspace(xp, x.dtype, "lrn.direct", x.size).reshape(x.shape)
-        xp.multiply(dy, powered, out=direct)               # dy s^-b
         ratio = workspace(xp, x.dtype, "lrn.tmp", x.size).reshape(x.shape)
-        xp.multiply(direct, x, out=ratio)
-        ratio /= scale                                      # dy x s^(-b-1)
-        if self.region == LP.ACROSS_CHANNELS:
-            spread = _channel_window_sum(ratio, self.size,
-                                         workspace(xp, x.dtype, "lrn.spread", x.size).reshape(x.shape))
+        across = self.region == LP.ACROSS_CHANNELS
+        spread = workspace(xp, x.dtype, "lrn.spread", x.size).reshape(x.shape) if across else None
+        dx = bottom[0].diff
+        if across:
             coeff = 2.0 * self.alpha * self.beta / self.size
         else:
-            spread = _window_sum(ratio, self.size, (2, 3))
             coeff = 2.0 * self.alpha * self.beta / (self.size * self.size)
-        spread *= x
-        spread *= coeff
-        xp.subtract(direct, spread, out=bottom[0].diff)
+
+        def images(lo, hi):
+            xp.multiply(dy[lo:hi], powered[lo:hi], out=direct[lo:hi])   # dy s^-b
+            xp.multiply(direct[lo:hi], x[lo:hi], out=ratio[lo:hi])
+            ratio[lo:hi] /= scale[lo:hi]                                  # dy x s^(-b-1)
+            if across:
+                part = _channel_window_sum(ratio[lo:hi], self.size, spread[lo:hi])
+            else:
+                part = _window_sum(ratio[lo:hi], self.size, (2, 3))
+            part *= x[lo:hi]
+            part *= coeff
+            xp.subtract(direct[lo:hi], part, out=dx[lo:hi])
+        parallel_for(x.shape[0], images, x.size * 6)

@@ -31,7 +31,7 @@ import numpy
 
 from ..backend import get_array_module, random_uniform
 from ..errors import CaffeishError
-from ..im2col import workspace
+from ..im2col import parallel_for, workspace
 from ..layer import Layer, register_layer
 from ..proto import caffe_pb2
 
@@ -260,21 +260,25 @@ class PoolingLayer(Layer):
         buf = workspace(xp, x.dtype, slot, total)
         phases, start = {}, 0
         for a in rows:
-            r0, r1 = _phase_span(a, sh, self.pad_h, self.height, rows[a])
             for b in cols:
-                c0, c1 = _phase_span(b, sw, self.pad_w, self.width, cols[b])
                 size = n * c * rows[a] * cols[b]
-                phase = buf[start:start + size].reshape(n, c, rows[a], cols[b])
+                phases[a, b] = buf[start:start + size].reshape(n, c, rows[a], cols[b])
                 start += size
+
+        def images(lo, hi):
+            for (a, b), phase in phases.items():
+                r0, r1 = _phase_span(a, sh, self.pad_h, self.height, rows[a])
+                c0, c1 = _phase_span(b, sw, self.pad_w, self.width, cols[b])
+                phase = phase[lo:hi]
                 # phase[r, q] = padded[a + r sh, b + q sw] = x[a + r sh - pad_h, b + q sw - pad_w] inside x.
                 phase[:, :, :r0] = fill
                 phase[:, :, r1:] = fill
                 phase[:, :, r0:r1, :c0] = fill
                 phase[:, :, r0:r1, c1:] = fill
                 if r1 > r0 and c1 > c0:
-                    phase[:, :, r0:r1, c0:c1] = x[:, :, a + r0 * sh - self.pad_h::sh, b + c0 * sw - self.pad_w::sw][
-                        :, :, :r1 - r0, :c1 - c0]
-                phases[a, b] = phase
+                    phase[:, :, r0:r1, c0:c1] = x[lo:hi, :, a + r0 * sh - self.pad_h::sh,
+                                                  b + c0 * sw - self.pad_w::sw][:, :, :r1 - r0, :c1 - c0]
+        parallel_for(n, images, total)
         return [(k, phases[i % sh, j % sw][..., i // sh:i // sh + ph, j // sw:j // sw + pw])
                 for k, (i, j) in enumerate(offsets)]
 
@@ -285,12 +289,21 @@ class PoolingLayer(Layer):
         hs = numpy.arange(self.pooled_h) * self.stride_h - self.pad_h
         ws = numpy.arange(self.pooled_w) * self.stride_w - self.pad_w
         none = len(self._offsets())
-        table = numpy.array([i * self.width + j for i, j in self._offsets()] + [0], dtype=numpy.int64)
-        xp.take(xp.asarray(table), kidx, out=out)
-        out += xp.asarray(hs[:, None] * self.width + ws[None, :])
-        if global_index:
-            n, c = kidx.shape[:2]
-            out += (xp.arange(n * c, dtype=numpy.int64) * (self.height * self.width)).reshape(n, c, 1, 1)
+        row = workspace(xp, kidx.dtype, "pool.step", kidx.size).reshape(kidx.shape)
+        corner = xp.asarray(hs[:, None] * self.width + ws[None, :])
+        plane = self.height * self.width
+        c = kidx.shape[1]
+
+        def images(lo, hi):
+            # offset k = i kw + j sits at i W + j from the window's corner (arithmetic: faster than a lookup).
+            k, r, o = kidx[lo:hi], row[lo:hi], out[lo:hi]
+            xp.floor_divide(k, self.kernel_w, out=r)
+            xp.multiply(r, self.width - self.kernel_w, out=o, dtype=numpy.int64)
+            o += k
+            o += corner
+            if global_index:
+                o += (xp.arange(lo * c, hi * c, dtype=numpy.int64) * plane).reshape(hi - lo, c, 1, 1)
+        parallel_for(kidx.shape[0], images, kidx.size * 4)
         self.missing = bool((kidx == none).any())
         if self.missing:
             out[kidx == none] = -1
@@ -310,15 +323,21 @@ class PoolingLayer(Layer):
             kidx = workspace(xp, numpy.uint8 if none <= 255 else numpy.int32, "pool.kidx", y.size).reshape(y.shape)
             better = workspace(xp, numpy.bool_, "pool.mask", y.size).reshape(y.shape)
             step = workspace(xp, kidx.dtype, "pool.step", y.size).reshape(y.shape)
-            as_int = better.view(kidx.dtype) if kidx.dtype == numpy.uint8 else better
-            y[...] = -_FLT_MAX
-            kidx[...] = none
-            for k, v in self._offset_views(x, -numpy.inf, "pool.phase"):
-                xp.greater(v, y, out=better)
-                xp.fmax(y, v, out=y)
-                xp.subtract(k, kidx, out=step)
-                xp.multiply(step, as_int, out=step)
-                kidx += step
+            views = self._offset_views(x, -numpy.inf, "pool.phase")
+
+            def images(lo, hi):
+                yy, kk, bb, ss = y[lo:hi], kidx[lo:hi], better[lo:hi], step[lo:hi]
+                as_int = bb.view(kk.dtype) if kk.dtype == numpy.uint8 else bb
+                yy[...] = -_FLT_MAX
+                kk[...] = none
+                for k, v in views:
+                    v = v[lo:hi]
+                    xp.greater(v, yy, out=bb)
+                    xp.fmax(yy, v, out=yy)
+                    xp.subtract(k, kk, out=ss)
+                    xp.multiply(ss, as_int, out=ss)
+                    kk += ss
+            parallel_for(y.shape[0], images, y.size * len(views))
             idx = self.max_idx
             if idx is None or idx.shape != y.shape or get_array_module(idx) is not xp:
                 idx = self.max_idx = xp.empty(y.shape, dtype=numpy.int64)
@@ -328,12 +347,18 @@ class PoolingLayer(Layer):
         elif self.method == PP.STOCHASTIC:
             self._forward_stochastic(x, y)
         else:
-            for k, v in self._offset_views(x, 0, "pool.phase"):
-                if k == 0:
-                    y[...] = v
-                else:
-                    y += v
-            y /= self._sizes(xp, x.dtype)
+            views = self._offset_views(x, 0, "pool.phase")
+            sizes = self._sizes(xp, x.dtype)
+
+            def images(lo, hi):
+                yy = y[lo:hi]
+                for k, v in views:
+                    if k == 0:
+                        yy[...] = v[lo:hi]
+                    else:
+                        yy += v[lo:hi]
+                yy /= sizes
+            parallel_for(y.shape[0], images, y.size * len(views))
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
@@ -369,12 +394,18 @@ class PoolingLayer(Layer):
             return
         target, framed = self._target(bottom[0].diff, "pool.src")
         share = workspace(xp, dy.dtype, "pool.share", dy.size).reshape(dy.shape)
-        xp.divide(dy, self._sizes(xp, dy.dtype), out=share)
-        target[...] = 0
-        for i, j in self._offsets():
-            target[self._window(i, j)] += share
-        if framed:
-            bottom[0].diff[...] = target[self._interior()]
+        sizes = self._sizes(xp, dy.dtype)
+        dx = bottom[0].diff
+
+        def images(lo, hi):
+            t, sh_ = target[lo:hi], share[lo:hi]
+            xp.divide(dy[lo:hi], sizes, out=sh_)
+            t[...] = 0
+            for i, j in self._offsets():
+                t[self._window(i, j)] += sh_
+            if framed:
+                dx[lo:hi] = t[self._interior()]
+        parallel_for(dy.shape[0], images, target.size * 2)
 
 
 def _phase_span(a, stride, pad, size, length):

@@ -9,12 +9,14 @@ The whole per-parameter sequence -- normalize (iter_size), regularize (L2/L1 wit
 momentum step, and applying the update (data -= update) -- is fused: it runs on slices of
 ``FUSED_CHUNK`` elements of data, diff and history at a time, so that each slice is read from
 memory once and its intermediate results stay in the CPU's cache, instead of one full pass over
-memory per step.  The operations and their order are those of the unfused sequence, so the results
-are the same to the last bit; on the GPU there is one slice (the whole parameter).
+memory per step; large parameters are split into one range per thread (``caffeish.im2col.parallel_for``).
+The operations and their order are those of the unfused sequence, so the results are the same to
+the last bit; on the GPU there is one slice (the whole parameter).
 """
 import numpy
 
 from ..backend import get_array_module
+from ..im2col import parallel_for
 from .solver import Solver, register_solver
 
 #: Elements per slice of the fused update (4 arrays x 256 KiB for float32: well inside L2/L3).
@@ -37,30 +39,29 @@ class _FusedSolver(Solver):
         norm = 1.0 / p.iter_size if p.iter_size > 1 else None
         size = data.size
         step = FUSED_CHUNK if xp is numpy else max(size, 1)
-        tmps = [self._slice_scratch(xp, data.dtype, k, min(step, size)) for k in range(self.scratch_slots)]
-        for lo in range(0, size, step):
-            hi = min(lo + step, size)
-            d, g, h = data[lo:hi], diff[lo:hi], history[lo:hi]
-            tmp = [t[:hi - lo] for t in tmps]
-            if norm is not None:
-                g *= norm
-            if decay:
-                t = tmp[0]
-                if l1:
-                    xp.sign(d, out=t)
-                    t *= decay
-                else:
-                    xp.multiply(d, decay, out=t)
-                g += t
-            self.fused_step(xp, g, h, tmp, local_rate)
-            d -= g
 
-    def _slice_scratch(self, xp, dtype, slot, size):
-        key = ("fused", slot, numpy.dtype(dtype).str, xp.__name__)
-        buf = self._scratch.get(key)
-        if buf is None or buf.size < size:
-            buf = self._scratch[key] = xp.empty(max(size, 1), dtype=dtype)
-        return buf
+        def elements(start, stop):  # one contiguous range per thread, in slices of ``step``
+            tmps = [xp.empty(min(step, stop - start), dtype=data.dtype) for _ in range(self.scratch_slots)]
+            for lo in range(start, stop, step):
+                hi = min(lo + step, stop)
+                d, g, h = data[lo:hi], diff[lo:hi], history[lo:hi]
+                tmp = [t[:hi - lo] for t in tmps]
+                if norm is not None:
+                    g *= norm
+                if decay:
+                    t = tmp[0]
+                    if l1:
+                        xp.sign(d, out=t)
+                        t *= decay
+                    else:
+                        xp.multiply(d, decay, out=t)
+                    g += t
+                self.fused_step(xp, g, h, tmp, local_rate)
+                d -= g
+        if xp is numpy:
+            parallel_for(size, elements, size * 3)
+        else:
+            elements(0, size)
 
     def compute_update_value(self, i, rate):
         """The unfused step, for callers that run the sequence themselves."""
