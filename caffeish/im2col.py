@@ -104,13 +104,17 @@ def set_num_threads(count):
     _threads["count"] = None if count is None else max(1, int(count))
 
 
-def parallel_for(total, fn, elements=None):
+def parallel_for(total, fn, elements=None, xp=numpy):
     """Run ``fn(lo, hi)`` over ``[0, total)`` cut into one contiguous part per thread; the caller runs one.
 
-    ``elements`` is the amount of work (array elements touched) deciding whether a split pays.  The parts
-    must write disjoint memory.  ``fn`` must not ask for ``workspace`` buffers (they are per thread) nor
-    call ``parallel_for`` (nested calls run serially).
+    ``elements`` is the amount of work (array elements touched) deciding whether a split pays; ``xp`` the
+    array module (CuPy's work is queued on the device: it runs in one call).  The parts must write disjoint
+    memory.  ``fn`` must not ask for ``workspace`` buffers (they are per thread) nor call ``parallel_for``
+    (nested calls run serially).
     """
+    if xp is not numpy:
+        fn(0, total)
+        return
     count = min(num_threads(), total)
     if elements is not None:
         count = min(count, max(1, int(elements) // PARALLEL_MIN_ELEMENTS))
@@ -310,7 +314,7 @@ def col2im_cm(cols, out, kernel, stride, pad, dilation, out_shape=None, slot=Non
                 swapped[(slice(None), slice(None)) + slices(offset)] += cols[(slice(c0, c1),) + offset]
         if padded:
             out[:, c0:c1] = part[interior]
-    parallel_for(c, channels, cols.size)
+    parallel_for(c, channels, cols.size, xp)
     return out
 
 
@@ -373,7 +377,7 @@ def col2im_cm_wide(cols, out, kernel, stride, pad, dilation, out_shape=None, slo
             view += wide[(slice(c0, c1),) + offset]
         part = planes[:, c0:c1, :plane].reshape((n, c1 - c0) + tuple(padded_shape))
         out[:, c0:c1] = part[interior]
-    parallel_for(c, channels, cols.size)
+    parallel_for(c, channels, cols.size, xp)
     return out
 
 

@@ -38,7 +38,7 @@ def layer_flops(net, i):
     """Forward floating-point operations of layer ``i`` (2 per multiply-add), or None when it has no GEMM.
 
     Convolution: 2 * images * weights * output positions; Deconvolution likewise with its input positions;
-    InnerProduct: 2 * M * weights.  Backward does about twice as many (the input's and the weights' GEMMs).
+    InnerProduct: 2 * M * weights.  Backward does as many again per gradient it computes (weights, input).
     """
     layer = net.layers[i]
     if layer.type not in ("Convolution", "Deconvolution", "InnerProduct") or not layer.blobs:
@@ -121,9 +121,12 @@ def time_command(model, iterations, phase, level, stage, gpu):
     log.info("Average time per layer: ")
     for i, (layer, f, b) in enumerate(zip(net.layers, fwd, bwd)):
         flops = layer_flops(net, i)
-        ran_backward = any(net.bottom_need_backward[i]) or any(layer.param_propagate_down)
+        # Backward runs one GEMM of the forward's size for the weights' gradient (when learned) and one for
+        # the input's (when it propagates down), so count only those that ran.
+        gemms = int(bool(layer.param_propagate_down and layer.param_propagate_down[0]))
+        gemms += int(any(net.bottom_need_backward[i]))
         log.info("%10s\tforward: %.5g ms.%s", layer.name, f, _rate(flops, f, peak))
-        log.info("%10s\tbackward: %.5g ms.%s", layer.name, b, _rate(flops and ran_backward and 2 * flops, b, peak))
+        log.info("%10s\tbackward: %.5g ms.%s", layer.name, b, _rate(flops and gemms * flops, b, peak))
     log.info("Average Forward pass: %.5g ms.", total_f)
     log.info("Average Backward pass: %.5g ms.", total_b)
     log.info("Average Forward-Backward: %.5g ms.", total_f + total_b)

@@ -296,7 +296,7 @@ class ConvolutionLayer(Layer):
         def channels(lo, hi):
             dyw[lo:hi, ..., last:] = 0
             dyw[lo:hi, ..., :last] = source[lo:hi]
-        parallel_for(self.num_output, channels, dyw.size)
+        parallel_for(self.num_output, channels, dyw.size, xp)
         columns = n * _count(rows) * width
         dcols = _gemm(xp, wt, dyw.reshape(g, -1, columns),
                       workspace(xp, dy.dtype, "conv", g * wt.shape[1] * columns).reshape(g, -1, columns))
@@ -363,7 +363,7 @@ def _store(xp, y, images_first, bias):
             xp.add(images_first[lo:hi], bias, out=y[lo:hi])
         else:
             y[lo:hi] = images_first[lo:hi]
-    parallel_for(y.shape[0], images, y.size)
+    parallel_for(y.shape[0], images, y.size, xp)
 
 
 def _gemm(xp, a, b, out):

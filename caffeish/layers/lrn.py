@@ -117,7 +117,7 @@ class LRNLayer(Layer):
                 _channel_window_sum(sq[lo:hi], self.size, out[lo:hi])
                 out[lo:hi] *= self.alpha / self.size
                 out[lo:hi] += self.k
-            parallel_for(x.shape[0], images, x.size * 4)
+            parallel_for(x.shape[0], images, x.size * 4, xp)
             return out
         out[...] = 1.0 + (self.alpha / (self.size * self.size)) * _window_sum(x * x, self.size, (2, 3))
         return out
@@ -139,7 +139,7 @@ class LRNLayer(Layer):
         def images(lo, hi):
             xp.power(scale[lo:hi], -self.beta, out=powered[lo:hi])
             xp.multiply(x[lo:hi], powered[lo:hi], out=y[lo:hi])
-        parallel_for(x.shape[0], images, x.size * 4)
+        parallel_for(x.shape[0], images, x.size * 4, xp)
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
@@ -178,4 +178,4 @@ class LRNLayer(Layer):
             part *= x[lo:hi]
             part *= coeff
             xp.subtract(direct[lo:hi], part, out=dx[lo:hi])
-        parallel_for(x.shape[0], images, x.size * 6)
+        parallel_for(x.shape[0], images, x.size * 6, xp)

@@ -278,7 +278,7 @@ class PoolingLayer(Layer):
                 if r1 > r0 and c1 > c0:
                     phase[:, :, r0:r1, c0:c1] = x[lo:hi, :, a + r0 * sh - self.pad_h::sh,
                                                   b + c0 * sw - self.pad_w::sw][:, :, :r1 - r0, :c1 - c0]
-        parallel_for(n, images, total)
+        parallel_for(n, images, total, xp)
         return [(k, phases[i % sh, j % sw][..., i // sh:i // sh + ph, j // sw:j // sw + pw])
                 for k, (i, j) in enumerate(offsets)]
 
@@ -303,7 +303,7 @@ class PoolingLayer(Layer):
             o += corner
             if global_index:
                 o += (xp.arange(lo * c, hi * c, dtype=numpy.int64) * plane).reshape(hi - lo, c, 1, 1)
-        parallel_for(kidx.shape[0], images, kidx.size * 4)
+        parallel_for(kidx.shape[0], images, kidx.size * 4, xp)
         self.missing = bool((kidx == none).any())
         if self.missing:
             out[kidx == none] = -1
@@ -337,7 +337,7 @@ class PoolingLayer(Layer):
                     xp.subtract(k, kk, out=ss)
                     xp.multiply(ss, as_int, out=ss)
                     kk += ss
-            parallel_for(y.shape[0], images, y.size * len(views))
+            parallel_for(y.shape[0], images, y.size * len(views), xp)
             idx = self.max_idx
             if idx is None or idx.shape != y.shape or get_array_module(idx) is not xp:
                 idx = self.max_idx = xp.empty(y.shape, dtype=numpy.int64)
@@ -358,7 +358,7 @@ class PoolingLayer(Layer):
                     else:
                         yy += v[lo:hi]
                 yy /= sizes
-            parallel_for(y.shape[0], images, y.size * len(views))
+            parallel_for(y.shape[0], images, y.size * len(views), xp)
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
@@ -405,7 +405,7 @@ class PoolingLayer(Layer):
                 t[self._window(i, j)] += sh_
             if framed:
                 dx[lo:hi] = t[self._interior()]
-        parallel_for(dy.shape[0], images, target.size * 2)
+        parallel_for(dy.shape[0], images, target.size * 2, xp)
 
 
 def _phase_span(a, stride, pad, size, length):

@@ -16,7 +16,7 @@ class ReLULayer(NeuronLayer):
         y = top[0].data.reshape(-1)
         xp = get_array_module(x)
         if self.slope == 0:
-            parallel_for(x.size, lambda lo, hi: xp.maximum(x[lo:hi], 0, out=y[lo:hi]), x.size)
+            parallel_for(x.size, lambda lo, hi: xp.maximum(x[lo:hi], 0, out=y[lo:hi]), x.size, xp)
             return
         # y = max(x, 0) + slope * min(x, 0), without temporaries (works in place too).
         neg = workspace(xp, x.dtype, "relu.tmp", x.size)
@@ -26,7 +26,7 @@ class ReLULayer(NeuronLayer):
             neg[lo:hi] *= self.slope
             xp.maximum(x[lo:hi], 0, out=y[lo:hi])
             y[lo:hi] += neg[lo:hi]
-        parallel_for(x.size, part, x.size)
+        parallel_for(x.size, part, x.size, xp)
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
@@ -45,4 +45,4 @@ class ReLULayer(NeuronLayer):
                 xp.multiply(dy[lo:hi], positive[lo:hi], out=dx[lo:hi])
             else:
                 xp.multiply(dy[lo:hi], xp.where(positive[lo:hi], one, slope), out=dx[lo:hi])
-        parallel_for(x.size, part, x.size)
+        parallel_for(x.size, part, x.size, xp)
