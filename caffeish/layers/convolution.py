@@ -77,6 +77,66 @@ def conv_geometry(p, num_spatial):
     return kernel, stride, pad, dilation
 
 
+def base_conv_setup(layer, bottom, transposed=False):
+    """Caffe's BaseConvolutionLayer::LayerSetUp, shared by Convolution and Deconvolution.
+
+    Sets channel_axis, num_spatial, kernel/stride/pad/dilation, channels, num_output, group, bias_term and
+    the parameter blobs: weights (num_output, C / group, *kernel), or (C, num_output / group, *kernel) when
+    ``transposed`` (Deconvolution), and a (num_output,) bias.
+    """
+    p = layer.param.convolution_param
+    layer.channel_axis = bottom[0].canonical_axis(p.axis)
+    layer.num_spatial = bottom[0].num_axes - layer.channel_axis - 1
+    if layer.num_spatial < 1:
+        raise CaffeishError(f"{layer.type} needs at least one spatial axis after the channel axis "
+                            f"{layer.channel_axis}, but the bottom has shape {bottom[0].shape}")
+    layer.kernel, layer.stride, layer.pad, layer.dilation = conv_geometry(p, layer.num_spatial)
+    layer.channels = bottom[0].shape[layer.channel_axis]
+    if not p.HasField("num_output") or p.num_output <= 0:
+        raise CaffeishError("convolution_param needs a positive num_output")
+    layer.num_output = int(p.num_output)
+    layer.group = int(p.group)
+    if layer.group <= 0:
+        raise CaffeishError(f"group must be positive, got {layer.group}")
+    if layer.channels % layer.group:
+        raise CaffeishError(f"the input's {layer.channels} channels are not divisible by group {layer.group}")
+    if layer.num_output % layer.group:
+        raise CaffeishError(f"num_output {layer.num_output} is not divisible by group {layer.group}")
+    layer.bias_term = bool(p.bias_term)
+    if transposed:
+        weight_shape = (layer.channels, layer.num_output // layer.group) + tuple(layer.kernel)
+    else:
+        weight_shape = (layer.num_output, layer.channels // layer.group) + tuple(layer.kernel)
+    if layer.blobs:
+        if len(layer.blobs) != 1 + layer.bias_term:
+            raise CaffeishError(f"{layer.type} expects {1 + layer.bias_term} parameter blob(s), "
+                                f"{len(layer.blobs)} given")
+        if tuple(layer.blobs[0].shape) != weight_shape:
+            raise CaffeishError(f"incorrect weight shape: expected {weight_shape}, got {layer.blobs[0].shape}")
+        if layer.bias_term and tuple(layer.blobs[1].shape) != (layer.num_output,):
+            raise CaffeishError(f"incorrect bias shape: expected ({layer.num_output},), got {layer.blobs[1].shape}")
+    else:
+        layer.blobs = [Blob(weight_shape, dtype=layer.dtype, name=f"{layer.name}[0]")]
+        fill(layer.blobs[0], p.weight_filler)
+        if layer.bias_term:
+            layer.blobs.append(Blob((layer.num_output,), dtype=layer.dtype, name=f"{layer.name}[1]"))
+            fill(layer.blobs[1], p.bias_filler)
+    layer.param_propagate_down = [True] * len(layer.blobs)
+
+
+def check_conv_bottoms(layer, bottom):
+    """The bottoms keep the set-up's axes and channels, and all have the same shape."""
+    axis, shape = layer.channel_axis, bottom[0].shape
+    if len(shape) != axis + 1 + layer.num_spatial:
+        raise CaffeishError(f"the bottom's number of axes may not change: it was {axis + 1 + layer.num_spatial}, "
+                            f"now shape {shape}")
+    if shape[axis] != layer.channels:
+        raise CaffeishError(f"the bottom has {shape[axis]} channels, but the layer was set up for {layer.channels}")
+    for b in bottom[1:]:
+        if b.shape != shape:
+            raise CaffeishError(f"all bottoms must have the same shape: {shape} vs. {b.shape}")
+
+
 @register_layer("Convolution")
 class ConvolutionLayer(Layer):
     min_bottom = 1
@@ -84,59 +144,12 @@ class ConvolutionLayer(Layer):
     equal_num_bottom_top = True
 
     def layer_setup(self, bottom, top):
-        p = self.param.convolution_param
-        self.channel_axis = bottom[0].canonical_axis(p.axis)
-        self.num_spatial = bottom[0].num_axes - self.channel_axis - 1
-        if self.num_spatial < 1:
-            raise CaffeishError(f"Convolution needs at least one spatial axis after the channel axis "
-                                f"{self.channel_axis}, but the bottom has shape {bottom[0].shape}")
-        ns = self.num_spatial
-        self.kernel, self.stride, self.pad, self.dilation = conv_geometry(p, ns)
+        base_conv_setup(self, bottom)
         self.is_1x1 = all(k == 1 and s == 1 and q == 0 for k, s, q in zip(self.kernel, self.stride, self.pad))
 
-        self.channels = bottom[0].shape[self.channel_axis]
-        if not p.HasField("num_output") or p.num_output <= 0:
-            raise CaffeishError("convolution_param needs a positive num_output")
-        self.num_output = int(p.num_output)
-        self.group = int(p.group)
-        if self.group <= 0:
-            raise CaffeishError(f"group must be positive, got {self.group}")
-        if self.channels % self.group:
-            raise CaffeishError(f"the input's {self.channels} channels are not divisible by group {self.group}")
-        if self.num_output % self.group:
-            raise CaffeishError(f"num_output {self.num_output} is not divisible by group {self.group}")
-        self.bias_term = bool(p.bias_term)
-
-        weight_shape = (self.num_output, self.channels // self.group) + tuple(self.kernel)
-        if self.blobs:
-            if len(self.blobs) != 1 + self.bias_term:
-                raise CaffeishError(f"Convolution expects {1 + self.bias_term} parameter blob(s), "
-                                    f"{len(self.blobs)} given")
-            if tuple(self.blobs[0].shape) != weight_shape:
-                raise CaffeishError(f"incorrect weight shape: expected {weight_shape}, got {self.blobs[0].shape}")
-            if self.bias_term and tuple(self.blobs[1].shape) != (self.num_output,):
-                raise CaffeishError(f"incorrect bias shape: expected ({self.num_output},), "
-                                    f"got {self.blobs[1].shape}")
-        else:
-            self.blobs = [Blob(weight_shape, dtype=self.dtype, name=f"{self.name}[0]")]
-            fill(self.blobs[0], p.weight_filler)
-            if self.bias_term:
-                self.blobs.append(Blob((self.num_output,), dtype=self.dtype, name=f"{self.name}[1]"))
-                fill(self.blobs[1], p.bias_filler)
-        self.param_propagate_down = [True] * len(self.blobs)
-
     def reshape(self, bottom, top):
-        axis = self.channel_axis
-        shape = bottom[0].shape
-        if len(shape) != axis + 1 + self.num_spatial:
-            raise CaffeishError(f"the bottom's number of axes may not change: it was {axis + 1 + self.num_spatial}, "
-                                f"now shape {shape}")
-        if shape[axis] != self.channels:
-            raise CaffeishError(f"the bottom has {shape[axis]} channels, but the layer was set up for "
-                                f"{self.channels}")
-        for b in bottom[1:]:
-            if b.shape != shape:
-                raise CaffeishError(f"all bottoms must have the same shape: {shape} vs. {b.shape}")
+        check_conv_bottoms(self, bottom)
+        axis, shape = self.channel_axis, bottom[0].shape
         self.spatial = tuple(shape[axis + 1:])
         self.out_shape = conv_output_shape(self.spatial, self.kernel, self.stride, self.pad, self.dilation)
         if any(o <= 0 for o in self.out_shape):

@@ -12,13 +12,11 @@ Convolution forward of the top's gradient: the bottom's gradient is ``W im2col(d
 gradient ``x im2col(dy)^T`` summed over images, the bias's the sum of ``dy``.
 """
 from ..backend import get_array_module
-from ..blob import Blob
 from ..errors import CaffeishError
-from ..fillers import fill
 from ..im2col import col2im, im2col
 from ..layer import Layer, register_layer
 from . import convolution
-from .convolution import conv_geometry
+from .convolution import base_conv_setup, check_conv_bottoms
 
 
 @register_layer("Deconvolution")
@@ -28,56 +26,11 @@ class DeconvolutionLayer(Layer):
     equal_num_bottom_top = True
 
     def layer_setup(self, bottom, top):
-        p = self.param.convolution_param
-        self.channel_axis = bottom[0].canonical_axis(p.axis)
-        self.num_spatial = bottom[0].num_axes - self.channel_axis - 1
-        if self.num_spatial < 1:
-            raise CaffeishError(f"Deconvolution needs at least one spatial axis after the channel axis "
-                                f"{self.channel_axis}, but the bottom has shape {bottom[0].shape}")
-        self.kernel, self.stride, self.pad, self.dilation = conv_geometry(p, self.num_spatial)
-        self.channels = bottom[0].shape[self.channel_axis]
-        if not p.HasField("num_output") or p.num_output <= 0:
-            raise CaffeishError("convolution_param needs a positive num_output")
-        self.num_output = int(p.num_output)
-        self.group = int(p.group)
-        if self.group <= 0:
-            raise CaffeishError(f"group must be positive, got {self.group}")
-        if self.channels % self.group:
-            raise CaffeishError(f"the input's {self.channels} channels are not divisible by group {self.group}")
-        if self.num_output % self.group:
-            raise CaffeishError(f"num_output {self.num_output} is not divisible by group {self.group}")
-        self.bias_term = bool(p.bias_term)
-
-        weight_shape = (self.channels, self.num_output // self.group) + tuple(self.kernel)
-        if self.blobs:
-            if len(self.blobs) != 1 + self.bias_term:
-                raise CaffeishError(f"Deconvolution expects {1 + self.bias_term} parameter blob(s), "
-                                    f"{len(self.blobs)} given")
-            if tuple(self.blobs[0].shape) != weight_shape:
-                raise CaffeishError(f"incorrect weight shape: expected {weight_shape}, got {self.blobs[0].shape}")
-            if self.bias_term and tuple(self.blobs[1].shape) != (self.num_output,):
-                raise CaffeishError(f"incorrect bias shape: expected ({self.num_output},), "
-                                    f"got {self.blobs[1].shape}")
-        else:
-            self.blobs = [Blob(weight_shape, dtype=self.dtype, name=f"{self.name}[0]")]
-            fill(self.blobs[0], p.weight_filler)
-            if self.bias_term:
-                self.blobs.append(Blob((self.num_output,), dtype=self.dtype, name=f"{self.name}[1]"))
-                fill(self.blobs[1], p.bias_filler)
-        self.param_propagate_down = [True] * len(self.blobs)
+        base_conv_setup(self, bottom, transposed=True)
 
     def reshape(self, bottom, top):
-        axis = self.channel_axis
-        shape = bottom[0].shape
-        if len(shape) != axis + 1 + self.num_spatial:
-            raise CaffeishError(f"the bottom's number of axes may not change: it was {axis + 1 + self.num_spatial}, "
-                                f"now shape {shape}")
-        if shape[axis] != self.channels:
-            raise CaffeishError(f"the bottom has {shape[axis]} channels, but the layer was set up for "
-                                f"{self.channels}")
-        for b in bottom[1:]:
-            if b.shape != shape:
-                raise CaffeishError(f"all bottoms must have the same shape: {shape} vs. {b.shape}")
+        check_conv_bottoms(self, bottom)
+        axis, shape = self.channel_axis, bottom[0].shape
         for t, b in zip(top, bottom):
             if t is b:
                 raise CaffeishError("Deconvolution cannot run in place; give its top a name of its own")
