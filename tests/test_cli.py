@@ -84,6 +84,23 @@ def test_readme_caffeish_commands_run():
         caffeish(*cmd[1:])
 
 
+def test_readme_mpiexec_commands_run():
+    lines = [line.split("#")[0].split() for block in _readme_blocks("sh") for line in block.splitlines()
+             if line.startswith("mpiexec ")]
+    assert lines, "the README shows an mpiexec command"
+    mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    if not os.path.exists(mpiexec):
+        pytest.skip("no mpiexec beside this Python (the test extra installs MPICH)")
+    pytest.importorskip("mpi4py")
+    for cmd in lines:
+        at = cmd.index("caffeish")
+        argv = [mpiexec] + cmd[1:at] + [sys.executable, "-m", "caffeish"] + cmd[at + 1:]
+        proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "Optimization Done." in proc.stderr
+
+
 def test_readme_python_snippet_runs():
     (snippet,) = _readme_blocks("python")
     proc = subprocess.run([sys.executable, "-c", snippet], cwd=ROOT, capture_output=True, text=True,
