@@ -474,3 +474,22 @@ class Parameters:
 
 layers = Layers()
 params = Parameters()
+
+
+def write_generated(files, description, default_dir, argv=None):
+    """The ``main`` of a model-writing script: ``files`` is [(file name, header text, function -> NetParameter)];
+    ``--out-dir DIR`` (default ``default_dir``) says where they go.  Each is written atomically."""
+    import argparse
+    import os
+
+    from google.protobuf import text_format
+
+    from .prototxt import atomic_write_bytes
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out-dir", default=default_dir, help="where to write the prototxt files (default: here)")
+    args = parser.parse_args(argv)
+    os.makedirs(args.out_dir, exist_ok=True)
+    for name, header, make in files:
+        path = os.path.join(args.out_dir, name)
+        atomic_write_bytes(path, (header + text_format.MessageToString(make())).encode())
+        print(f"wrote {path}")

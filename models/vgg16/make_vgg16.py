@@ -10,18 +10,14 @@ Caffe model-zoo release (conv1_1 ... conv5_3, fc6, fc7, fc8, prob), so that its
 Run ``python models/vgg16/make_vgg16.py`` to rewrite both files next to this
 script, or add ``--out-dir DIR`` to write them elsewhere.
 """
-import argparse
 import os
 import sys
 
-from google.protobuf import text_format
-
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-from caffeish.net_spec import NetSpec  # noqa: E402
+from caffeish.net_spec import NetSpec, write_generated  # noqa: E402
 from caffeish.net_spec import layers as L  # noqa: E402
 from caffeish.net_spec import params as P  # noqa: E402
 from caffeish.proto import caffe_pb2  # noqa: E402
-from caffeish.prototxt import atomic_write_bytes  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NAME = "VGG_ILSVRC_16_layers"
@@ -104,18 +100,11 @@ def vgg16_deploy(batch_size=10):
     return net
 
 
-def write(path, header, net):
-    atomic_write_bytes(path, (header + text_format.MessageToString(net)).encode())
-    print(f"wrote {path}")
-
-
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out-dir", default=HERE, help="where to write the two prototxt files (default: here)")
-    args = parser.parse_args(argv)
-    os.makedirs(args.out_dir, exist_ok=True)
-    write(os.path.join(args.out_dir, "train_val.prototxt"), TRAIN_VAL_HEADER, vgg16_train_val())
-    write(os.path.join(args.out_dir, "deploy.prototxt"), DEPLOY_HEADER, vgg16_deploy())
+    write_generated([
+        ("train_val.prototxt", TRAIN_VAL_HEADER, vgg16_train_val),
+        ("deploy.prototxt", DEPLOY_HEADER, vgg16_deploy),
+    ], __doc__.splitlines()[0], HERE, argv)
 
 
 if __name__ == "__main__":
