@@ -12,7 +12,11 @@ WITHIN_CHANNEL (Caffe builds it from Split, Power, AVE Pooling, Power, Eltwise P
 Across channels the window sum adds shifted channel slices (no padded copy; a difference of cumulative
 sums for very large windows); ``scale`` and ``scale^-beta`` are kept from forward for backward.
 """
+import numpy
+
 from ..backend import get_array_module
+from ..cuda import kernels as cuda_kernels
+from ..cuda import lrn as cuda_lrn
 from ..errors import CaffeishError
 from ..im2col import parallel_for, workspace
 from ..layer import Layer, register_layer
@@ -133,13 +137,22 @@ class LRNLayer(Layer):
         else:
             self.saved_input = None
         scale, powered = self._buffers(xp, x.shape)
-        self.scale = self._scale(x, scale)
         y = top[0].data
+        if self._cuda(xp, x, y, scale):
+            # the input is read before its element is written, so in place needs no copy here
+            cuda_lrn.forward(x, y, scale, powered, self.size, self.alpha, self.beta, self.k)
+            self.scale = scale
+            return
+        self.scale = self._scale(x, scale)
 
         def images(lo, hi):
             xp.power(scale[lo:hi], -self.beta, out=powered[lo:hi])
             xp.multiply(x[lo:hi], powered[lo:hi], out=y[lo:hi])
         parallel_for(x.shape[0], images, x.size * 4, xp)
+
+    def _cuda(self, xp, *arrays):
+        """Whether the CUDA kernels (``caffeish.cuda.lrn``) take this call: ACROSS_CHANNELS on CuPy arrays."""
+        return xp is not numpy and self.region == LP.ACROSS_CHANNELS and cuda_kernels.usable(*arrays)
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
@@ -151,10 +164,16 @@ class LRNLayer(Layer):
         kept = getattr(self, "_kept", None)
         if scale is None or scale.shape != x.shape or kept is None:
             scale, powered = self._buffers(xp, x.shape)
-            self._scale(x, scale)
+            if self._cuda(xp, x, scale):
+                cuda_lrn.fill_scale(x, scale, self.size, self.alpha, self.k)
+            else:
+                self._scale(x, scale)
             xp.power(scale, -self.beta, out=powered)
         else:
             powered = kept[1]
+        if self._cuda(xp, x, dy, bottom[0].diff, scale, powered):
+            cuda_lrn.backward(x, scale, powered, dy, bottom[0].diff, self.size, self.alpha, self.beta)
+            return
         # y = x s^-b  =>  dx = dy s^-b - 2 a b / N x * window_sum(dy x s^(-b-1)), the window being
         # symmetric so that its transpose is itself; N = n (across) or n^2 (within).
         direct = workspace(xp, x.dtype, "lrn.direct", x.size).reshape(x.shape)

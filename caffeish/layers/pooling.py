@@ -30,6 +30,8 @@ windows do not overlap, a masked sum when they do.
 import numpy
 
 from ..backend import get_array_module, random_uniform
+from ..cuda import kernels as cuda_kernels
+from ..cuda import pooling as cuda_pooling
 from ..errors import CaffeishError
 from ..im2col import parallel_for, workspace
 from ..layer import Layer, register_layer
@@ -105,6 +107,7 @@ class PoolingLayer(Layer):
         self.max_idx = None
         self.missing = False
         self.rand_idx = None
+        self.cuda_mask = None
 
     def _bottom_hw(self, b):
         if b.num_axes != 4:
@@ -309,10 +312,24 @@ class PoolingLayer(Layer):
             out[kidx == none] = -1
         return out
 
+    def _forward_cuda(self, x, top):
+        """MAX / AVE through the CUDA kernels (``caffeish.cuda.pooling``); the int32 argmax is kept for backward."""
+        y = top[0].data
+        is_max = self.method == PP.MAX
+        if is_max:
+            if self.cuda_mask is None or self.cuda_mask.shape != y.shape or get_array_module(self.cuda_mask) is numpy:
+                self.cuda_mask = get_array_module(x).empty(y.shape, dtype=numpy.int32)
+        cuda_pooling.forward(x, y, cuda_pooling.geometry_of(self), is_max, self.cuda_mask)
+        if is_max and len(top) > 1:
+            top[1].data[...] = self.cuda_mask
+
     def forward(self, bottom, top):
         x = bottom[0].data
         xp = get_array_module(x)
         y = top[0].data
+        if xp is not numpy and self.method != PP.STOCHASTIC and cuda_kernels.usable(x, y):
+            self._forward_cuda(x, top)
+            return
         if self.method == PP.MAX:
             # Caffe's scan: start from -FLT_MAX and, for each kernel offset in row-major order, let a strictly
             # larger value replace the running maximum and record the offset k -- so the first maximum wins,
@@ -368,6 +385,15 @@ class PoolingLayer(Layer):
         if self.method == PP.STOCHASTIC and self.phase != caffe_pb2.TRAIN:
             raise CaffeishError("STOCHASTIC pooling has no backward pass in the TEST phase (Caffe does not "
                                 "implement one); run the layer in the TRAIN phase to train through it")
+        dx = bottom[0].diff
+        if xp is not numpy and self.method != PP.STOCHASTIC and cuda_kernels.usable(dy, dx) and \
+                (self.method == PP.AVE or len(top) > 1 or self.cuda_mask is not None):
+            # Caffe routes MAX by the mask top when there is one (it may have been changed since forward).
+            mask = None
+            if self.method == PP.MAX:
+                mask = top[1].data.astype(numpy.int32) if len(top) > 1 else self.cuda_mask
+            cuda_pooling.backward(dy, dx, cuda_pooling.geometry_of(self), self.method == PP.MAX, mask)
+            return
         if self.method == PP.STOCHASTIC or (self.method == PP.MAX and len(top) > 1):
             # Flat indices (the sampled element, or the mask top, which Caffe routes by): scatter-add.
             idx = self.rand_idx if self.method == PP.STOCHASTIC else top[1].data.astype(numpy.int64)

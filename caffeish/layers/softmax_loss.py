@@ -8,6 +8,8 @@ bottom[1]: labels, count(:axis) * count(axis+1:) integer values in [0, C)
 import numpy
 
 from ..backend import get_array_module
+from ..cuda import kernels as cuda_kernels
+from ..cuda import softmax_loss as cuda_softmax_loss
 from ..errors import CaffeishError
 from ..layer import LossLayer, register_layer
 from ..proto import caffe_pb2
@@ -92,6 +94,10 @@ class SoftmaxWithLossLayer(LossLayer):
             self.prob = xp.empty_like(x)  # kept for backward; allocated once per shape
         softmax(x, self.axis, self.prob)
         prob = self._prob(bottom)
+        self.cuda = xp is not numpy and cuda_kernels.usable(prob, bottom[1].data)
+        if self.cuda:
+            self._forward_cuda(bottom, top, prob)
+            return
         _, valid, safe = read_labels(bottom[1], self.outer_num, self.inner_num, self.num_classes,
                                      self.ignore_label, self.type)
         picked = xp.take_along_axis(prob, safe[:, None, :], axis=1)[:, 0, :]
@@ -104,6 +110,22 @@ class SoftmaxWithLossLayer(LossLayer):
         if len(top) > 1:
             top[1].data[...] = self.prob
 
+    def _forward_cuda(self, bottom, top, prob):
+        """The per-position losses and counts in one kernel (``caffeish.cuda.softmax_loss``), then two sums."""
+        xp = get_array_module(prob)
+        n = self.outer_num * self.inner_num
+        losses, counts = xp.empty(n, dtype=prob.dtype), xp.empty(n, dtype=prob.dtype)
+        labels = bottom[1].data.reshape(-1)
+        cuda_softmax_loss.forward(prob, labels, self.num_classes, self.inner_num, self.ignore_label, losses, counts)
+        if bool((counts == cuda_softmax_loss.BAD_LABEL).any()):
+            # the CPU's check names the first bad label
+            read_labels(bottom[1], self.outer_num, self.inner_num, self.num_classes, self.ignore_label, self.type)
+        self.count = counts.sum()
+        norm = normalizer(self.normalization, self.outer_num, self.inner_num, self.count)
+        top[0].data[...] = losses.sum() / xp.asarray(norm, dtype=self.dtype)
+        if len(top) > 1:
+            top[1].data[...] = self.prob
+
     def backward(self, top, propagate_down, bottom):
         if len(propagate_down) > 1 and propagate_down[1]:
             raise CaffeishError(f"{self.type} layer cannot backpropagate to label inputs")
@@ -111,6 +133,12 @@ class SoftmaxWithLossLayer(LossLayer):
             return
         prob = self._prob(bottom)
         xp = get_array_module(prob)
+        if getattr(self, "cuda", False) and cuda_kernels.usable(prob, bottom[0].diff):
+            norm = normalizer(self.normalization, self.outer_num, self.inner_num, self.count)
+            scale = (top[0].diff / xp.asarray(norm, dtype=self.dtype)).astype(prob.dtype).reshape(1)
+            cuda_softmax_loss.backward(prob, bottom[1].data.reshape(-1), self.num_classes, self.inner_num,
+                                       self.ignore_label, scale, bottom[0].diff.reshape(prob.shape))
+            return
         # dx = (prob - onehot(label)) * valid * loss_weight / normalizer, built in the diff itself.
         grad = bottom[0].diff.reshape(prob.shape)
         grad[...] = prob

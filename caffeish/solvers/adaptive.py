@@ -7,6 +7,9 @@ With ``g`` the regularized gradient, ``r`` the local rate, ``d`` = delta:
     AdaDelta:  h <- m h + (1 - m) g^2;  u = g sqrt((s + d) / (h + d));  s <- m s + (1 - m) u^2;  update = r u
     Adam:      m1 <- b1 m1 + (1 - b1) g;  m2 <- b2 m2 + (1 - b2) g^2;
                update = r sqrt(1 - b2^t) / (1 - b1^t) * m1 / (sqrt(m2) + d),  t = iter + 1
+
+On the GPU each type's whole step (normalize, regularize, update, apply) is one fused CUDA kernel
+(``cuda_kind``; see ``caffeish.cuda.solver_updates``) with the same operations in the same order.
 """
 import math
 
@@ -31,6 +34,7 @@ def _divide_by_rms(xp, g, h, tmp, delta, local_rate):
 
 @register_solver("AdaGrad")
 class AdaGradSolver(Solver):
+    cuda_kind = "AdaGrad"
     def check_parameters(self):
         _no_momentum(self)
 
@@ -46,6 +50,7 @@ class AdaGradSolver(Solver):
 
 @register_solver("RMSProp")
 class RMSPropSolver(Solver):
+    cuda_kind = "RMSProp"
     def check_parameters(self):
         _no_momentum(self)
         if not 0 <= self.param.rms_decay < 1:
@@ -65,6 +70,7 @@ class RMSPropSolver(Solver):
 
 @register_solver("AdaDelta")
 class AdaDeltaSolver(Solver):
+    cuda_kind = "AdaDelta"
     history_sets = 2
 
     def compute_update_value(self, i, rate):
@@ -91,6 +97,7 @@ class AdaDeltaSolver(Solver):
 
 @register_solver("Adam")
 class AdamSolver(Solver):
+    cuda_kind = "Adam"
     history_sets = 2
 
     def check_parameters(self):

@@ -11,7 +11,8 @@ momentum step, and applying the update (data -= update) -- is fused: it runs on 
 memory once and its intermediate results stay in the CPU's cache, instead of one full pass over
 memory per step; large parameters are split into one range per thread (``caffeish.im2col.parallel_for``).
 The operations and their order are those of the unfused sequence, so the results are the same to
-the last bit; on the GPU there is one slice (the whole parameter).
+the last bit.  On the GPU one CUDA kernel does the whole sequence (``caffeish.cuda.solver_updates``,
+same operations, same results), or, for arrays it does not take, one slice (the whole parameter).
 """
 import numpy
 
@@ -28,6 +29,8 @@ class _FusedSolver(Solver):
     scratch_slots = 1
 
     def update_param(self, i, rate):
+        if self.update_param_cuda(i, rate):
+            return
         blob = self.net.learnable_params[i]
         data, diff = blob.data.reshape(-1), blob.diff.reshape(-1)
         history = self.history_blob(i).data.reshape(-1)
@@ -74,6 +77,8 @@ class _FusedSolver(Solver):
 
 @register_solver("SGD")
 class SGDSolver(_FusedSolver):
+    cuda_kind = "SGD"
+
     def fused_step(self, xp, g, v, tmp, local_rate):
         t = tmp[0]
         v *= self.param.momentum
@@ -84,6 +89,7 @@ class SGDSolver(_FusedSolver):
 
 @register_solver("Nesterov")
 class NesterovSolver(_FusedSolver):
+    cuda_kind = "Nesterov"
     scratch_slots = 2
 
     def fused_step(self, xp, g, v, tmp, local_rate):

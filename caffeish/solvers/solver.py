@@ -14,6 +14,8 @@ import numpy
 
 from .. import backend
 from ..blob import Blob
+from ..cuda import kernels as cuda_kernels
+from ..cuda import solver_updates as cuda_updates
 from ..errors import CaffeishError
 from ..net import Net
 from ..proto import caffe_pb2
@@ -207,7 +209,7 @@ class Solver:
             self.net.debug_info = bool(display and p.debug_info)
             loss = 0.0
             for _ in range(p.iter_size):
-                loss += self.net.forward_backward()
+                loss += self.forward_backward()
             loss /= p.iter_size
             check_finite(self.net, loss, self.iter)
             if self.on_gradients_ready is not None:
@@ -231,6 +233,13 @@ class Solver:
             if request == "stop":
                 self.requested_early_exit = True
                 break
+
+    def forward_backward(self):
+        """One forward and backward pass of the train net (accumulating into the parameter diffs); the loss.
+
+        ``caffeish.parallel.MultiDeviceSolver`` replaces it on its root solver by one pass of every replica.
+        """
+        return self.net.forward_backward()
 
     def _update_smoothed_loss(self, loss, start_iter, average_loss):
         if len(self.losses) < average_loss:
@@ -318,12 +327,44 @@ class Solver:
                 log.info("    [Update] Param %s data: %g; diff: %g", self.net._param_display[i],
                          blob.asum_data() / blob.count, blob.asum_diff() / blob.count)
 
+    #: The solver type's fused CUDA kernel (``caffeish.cuda.solver_updates``), used for CuPy parameters
+    #: by the class that sets it (not by its subclasses, which may change the rule).
+    cuda_kind = None
+
+    def cuda_hyper(self, i, rate):
+        """The scalars the fused CUDA kernel of this solver type takes (see ``cuda_updates.apply``)."""
+        p = self.param
+        return {"rate": self.local_rate(i, rate), "momentum": p.momentum, "momentum2": p.momentum2,
+                "delta": p.delta, "rms_decay": p.rms_decay, "t": self.iter + 1}
+
+    def update_param_cuda(self, i, rate):
+        """The whole update of parameter ``i`` in one CUDA kernel when it lives on the GPU; False if not."""
+        # only the class that declares the kernel: a subclass may have changed the rule
+        if vars(type(self)).get("cuda_kind") is None:
+            return False
+        blob = self.net.learnable_params[i]
+        data, diff = blob.data, blob.diff
+        if backend.get_array_module(data) is numpy:
+            return False
+        histories = [self.history_blob(i, k).data for k in range(self.history_sets)]
+        if not (cuda_kernels.usable(data, diff, *histories)
+                and all(a.flags.c_contiguous for a in [data, diff] + histories)):
+            return False
+        p = self.param
+        cuda_updates.apply(self.cuda_kind, data.reshape(-1), diff.reshape(-1), [h.reshape(-1) for h in histories],
+                           iter_size=p.iter_size, decay=p.weight_decay * self.net.params_weight_decay[i],
+                           l1=p.regularization_type == "L1", hyper=self.cuda_hyper(i, rate))
+        return True
+
     def update_param(self, i, rate):
         """Normalize, regularize, compute the update value (into the diff) and apply it: data -= diff.
 
         Parameters are independent, so applying each one's update as soon as it is computed gives what
-        Caffe's apply-all-at-the-end gives.  Solver types may fuse the whole sequence (SGD does).
+        Caffe's apply-all-at-the-end gives.  Solver types may fuse the whole sequence (SGD does); on the
+        GPU one kernel per solver type does it all (``update_param_cuda``).
         """
+        if self.update_param_cuda(i, rate):
+            return
         self.normalize(i)
         self.regularize(i)
         self.compute_update_value(i, rate)
