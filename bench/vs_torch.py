@@ -11,8 +11,9 @@ equivalent ``torch.nn.Sequential`` built layer by layer from our net (same shape
 in, outputs checked to agree) with ``torch.optim.SGD`` (same momentum and weight decay).  Both run with
 the same number of threads: our BLAS's (threadpoolctl when installed, else ``os.cpu_count()``).
 
-Runs alternate (ours, torch, ours, torch, ...) so that a busy machine slows both alike; each column is
-a median over the iterations:
+Runs alternate in blocks (3 of ours, 3 of torch, ...; the first of each block is a warm-up, not
+counted: the other framework's idle threads may still be spinning) so that a busy machine slows both
+alike; each column is a median over the iterations:
   forward   net.forward_prefilled()            | model(x)
   backward  clear_param_diffs + backward pass  | zero_grad() + out.backward(g)
   update    solver.apply_update()              | optimizer.step()
@@ -44,6 +45,7 @@ NETS = {
     "caffenet": ("models/caffenet/deploy.prototxt", 32),
 }
 MOMENTUM, WEIGHT_DECAY, LR = 0.9, 5e-4, 0.01
+BLOCK = 3
 
 
 def blas_threads():
@@ -244,9 +246,13 @@ def bench_net(name, batch, iterations, memory, threads):
     check_agreement(solver, model, x)
     ours_iteration(solver), torch_iteration(model, opt, x, g)  # warm-up: buffers, caches, kernels
     ours, theirs = [], []
-    for _ in range(iterations):
-        ours.append(ours_iteration(solver))
-        theirs.append(torch_iteration(model, opt, x, g))
+    # Blocks of BLOCK iterations, alternating, the first of each block not counted: one framework's idle
+    # worker threads (OpenBLAS's, OpenMP's) may still spin when the other starts, and would slow it.
+    while len(ours) < iterations:
+        ours_iteration(solver)
+        ours.extend(ours_iteration(solver) for _ in range(BLOCK - 1))
+        torch_iteration(model, opt, x, g)
+        theirs.extend(torch_iteration(model, opt, x, g) for _ in range(BLOCK - 1))
     med = lambda runs, k: statistics.median(r[k] for r in runs) * 1e3  # noqa: E731
     row = {"net": name, "batch": batch}
     for k, what in enumerate(("forward", "backward", "update")):

@@ -11,7 +11,7 @@ from collections import OrderedDict
 
 import numpy
 
-from . import backend
+from . import backend, image_threads
 from .blob import Blob, format_bytes, memory_limit
 from .errors import CaffeishError
 from .layer import create_layer
@@ -64,6 +64,7 @@ class Net:
 
     # -- building ---------------------------------------------------------------
     def _build(self, in_param, phase, level, stages, dtype, debug_info):
+        image_threads.quiet_idle_blas_threads()
         state = caffe_pb2.NetState()
         state.CopyFrom(in_param.state)
         if phase is not None:

@@ -9,7 +9,7 @@ import numpy
 import pytest
 
 import caffeish
-from caffeish import backend, caffe_pb2, im2col
+from caffeish import backend, caffe_pb2, im2col, image_threads
 from caffeish.im2col import _geometry, col2im_cm, col2im_cm_wide, im2col_cm, workspace
 from caffeish.layers import convolution as conv_module
 from caffeish.layers import lrn as lrn_module
@@ -173,10 +173,13 @@ CONV_CASES = [
 @pytest.mark.parametrize("case", CONV_CASES)
 @pytest.mark.parametrize("chunked", [False, True])
 @pytest.mark.parametrize("paths", ["best", "no-correlate", "plain"])
-def test_convolution_fast_paths_match_reference(case, dtype, chunked, paths, threads, monkeypatch):
+@pytest.mark.parametrize("images", ["whole batch", "image threads"])
+def test_convolution_fast_paths_match_reference(case, dtype, chunked, paths, images, threads, monkeypatch):
     shape, o, kernel, stride, pad, dilation, group = case
+    monkeypatch.setattr(image_threads, "ENABLED", images == "image threads")
     if chunked:
         monkeypatch.setattr(conv_module, "COL_BUFFER_BYTES", 1)  # one image per chunk
+        monkeypatch.setattr(image_threads, "CHUNK_BYTES", 1)
     if paths != "best":  # the input's gradient by the other routes: wide columns, then plain col2im
         monkeypatch.setattr(conv_module, "CORRELATE_DATA_GRADIENT", False)
     if paths == "plain":

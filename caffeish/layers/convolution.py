@@ -16,7 +16,11 @@ kept across iterations.  A 1x1 kernel with stride 1 and no padding uses the inpu
 its columns (transposed when there are several images).  Very large batches are cut into
 chunks so that the column buffer stays under ``COL_BUFFER_BYTES``.
 """
+import numpy
+
+from .. import image_threads
 from ..backend import get_array_module
+from ..cuda import cudnn as cuda_cudnn
 from ..blob import Blob
 from ..errors import CaffeishError
 from ..fillers import fill
@@ -145,6 +149,7 @@ class ConvolutionLayer(Layer):
 
     def layer_setup(self, bottom, top):
         base_conv_setup(self, bottom)
+        self._cudnn = cuda_cudnn.Chooser()
         self.is_1x1 = all(k == 1 and s == 1 and q == 0 for k, s, q in zip(self.kernel, self.stride, self.pad))
 
     def reshape(self, bottom, top):
@@ -218,78 +223,163 @@ class ConvolutionLayer(Layer):
         for b, t in zip(bottom, top):
             x = self._as_batch(b.data)
             y = t.data.reshape(self.num, self.num_output, self.out_count)
-            for start, stop in self._chunks():
-                _correlate(x[start:stop], w, self.kernel, self.stride, self.pad, self.dilation, self.out_shape,
-                           y[start:stop], bias)
+            xp = get_array_module(x)
+            if image_threads.available(xp, self.num):
+                self._forward_images(x, w, y, bias)
+            elif xp is not numpy and cuda_cudnn.applies(x, self.kernel, self.stride, self.pad, self.dilation):
+                self._forward_cudnn(x, w, y, bias)
+            else:
+                self._forward_chunks(x, w, y, bias)
+
+    def _forward_cudnn(self, x, w, y, bias):
+        """forward by cuDNN or by the GEMMs, whichever measured faster for this shape."""
+        y4 = y.reshape((self.num, self.num_output) + self.out_shape)
+        self._cudnn.run(("forward", x.shape), lambda: cuda_cudnn.forward(
+            x, self.blobs[0].data, bias, y4, self.stride, self.pad, self.dilation, self.group),
+            lambda: self._forward_chunks(x, w, y, bias))
+
+    def _forward_chunks(self, x, w, y, bias):
+        for start, stop in self._chunks():
+            _correlate(x[start:stop], w, self.kernel, self.stride, self.pad, self.dilation, self.out_shape,
+                       y[start:stop], bias)
+
+    def _forward_images(self, x, w, y, bias):
+        """forward, the images split across threads a few at a time (``caffeish.image_threads``)."""
+        def chunk(start, stop, part):
+            _correlate(x[start:stop], w, self.kernel, self.stride, self.pad, self.dilation, self.out_shape,
+                       y[start:stop], bias, transposed_below=0)
+        image_threads.for_image_chunks(self.num, self._image_step(), chunk)
+
+    def _image_step(self):
+        """Images per chunk on the image-parallel path: their columns about fill a core's L2 cache."""
+        per_image = self.channels * _count(self.kernel) * self.out_count * self.dtype.itemsize
+        return image_threads.images_per_chunk(per_image)
 
     def backward(self, top, propagate_down, bottom):
         need_weight = self.param_propagate_down[0]
         need_bias = self.bias_term and self.param_propagate_down[1]
         w = self._weights()
-        g, og = self.group, self.num_output // self.group
-        nout, L = self.num_output, self.out_count
         for t, down, b in zip(top, propagate_down, bottom):
             if not (need_weight or need_bias or down):
                 continue
-            dy = t.diff.reshape(self.num, nout, L)
+            dy = t.diff.reshape(self.num, self.num_output, self.out_count)
             xp = get_array_module(dy)
             x = self._as_batch(b.data)
             dx = self._as_batch(b.diff) if down else None
             dw = self.blobs[0].diff.reshape(w.shape) if need_weight else None
-            for start, stop in self._chunks():
-                n = stop - start
-                if n == 1:
-                    dyt = dy[start].reshape(g, og, L)
-                elif need_weight or need_bias or (down and self.data_path == "cols"):
-                    # the top's gradient, channel-major like the columns: (nout, n L)
-                    dyt = workspace(xp, dy.dtype, "conv.gemm", nout * n * L).reshape(nout, n, L)
-                    parallel_copy(dyt, dy[start:stop].swapaxes(0, 1))
-                    dyt = dyt.reshape(g, og, n * L)
-                if need_bias:
-                    self.blobs[1].diff[...] += dyt.reshape(nout, -1).sum(axis=1)
-                if need_weight:
-                    cols = _columns(x[start:stop], g, self.kernel, self.stride, self.pad, self.dilation,
-                                    self.out_shape)
-                    # sum over images and output positions, transposed so that the product's rows are the
-                    # many K: (g, K, n L) @ (g, n L, nout/g) -> (g, K, nout/g).
-                    dwt = _gemm(xp, cols, dyt.swapaxes(1, 2), workspace(xp, dy.dtype, "conv.dw", w.size)
-                                .reshape(w.shape[0], w.shape[2], w.shape[1]))
-                    dw += dwt.swapaxes(1, 2)
-                if not down:
-                    continue
-                if self.data_path == "correlate":
-                    self._backward_data_correlate(xp, w, dy[start:stop], dx[start:stop])
-                elif self.data_path == "wide":
-                    self._backward_data_wide(xp, w.swapaxes(1, 2), dy[start:stop], dx[start:stop])
-                else:
-                    wt = w.swapaxes(1, 2)
-                    if self.is_1x1 and n == 1:
-                        _gemm(xp, wt, dyt, dx[start].reshape(g, -1, L))
-                        continue
-                    # (g, K, nout/g) @ (g, nout/g, n L) -> (g, K, n L), in the columns' work buffer.
-                    dcols = _gemm(xp, wt, dyt, workspace(xp, dy.dtype, "conv", g * wt.shape[1] * n * L)
-                                  .reshape(g, -1, n * L))
-                    if self.is_1x1:
-                        images_first = dcols.reshape(self.channels, n, -1).swapaxes(0, 1)
-                        dx[start:stop] = images_first.reshape(dx[start:stop].shape)
-                    else:
-                        col2im_cm(dcols.reshape(-1, n * L), dx[start:stop], self.kernel, self.stride, self.pad,
-                                  self.dilation, self.out_shape, slot="conv.pad")
+            db = self.blobs[1].diff if need_bias else None
+            wflip = self._flipped_weights(xp, w) if down and self.data_path == "correlate" else None
+            if image_threads.available(xp, self.num):
+                self._backward_images(xp, w, wflip, x, dy, dx, dw, db)
+            elif xp is not numpy and cuda_cudnn.applies(x, self.kernel, self.stride, self.pad, self.dilation):
+                self._backward_cudnn(xp, w, wflip, x, dy, dx, dw, db)
+            else:
+                for start, stop in self._chunks():
+                    self._backward_chunk(xp, w, wflip, x, dy, dx, start, stop, dw, db)
 
-    def _backward_data_correlate(self, xp, w, dy, dx):
-        """Unit strides: dx = the correlation of dy, padded by dilation (k - 1) - pad, with the weights
-        flipped in space and with input and output channels swapped (per group)."""
+    def _backward_cudnn(self, xp, w, wflip, x, dy, dx, dw, db):
+        """backward where cuDNN is there: each pass by cuDNN or by the GEMMs, whichever measured faster."""
+        geometry = (self.stride, self.pad, self.dilation, self.group)
+        dy4 = dy.reshape((self.num, self.num_output) + self.out_shape)
+        if db is not None:
+            db += dy.sum(axis=(0, 2))
+        if dw is not None:
+            scratch = workspace(xp, dy.dtype, "conv.dw", dw.size).reshape(self.blobs[0].shape)
+
+            def gemm_filter():
+                scratch[...] = 0
+                for start, stop in self._chunks():
+                    self._backward_chunk(xp, w, None, x, dy, None, start, stop, scratch.reshape(w.shape), None)
+            self._cudnn.run(("filter", x.shape), lambda: cuda_cudnn.backward_filter(x, dy4, scratch, *geometry),
+                            gemm_filter)
+            dw += scratch.reshape(w.shape)
+        if dx is not None:
+            def gemm_data():
+                for start, stop in self._chunks():
+                    self._backward_chunk(xp, w, wflip, x, dy, dx, start, stop, None, None)
+            self._cudnn.run(("data", x.shape), lambda: cuda_cudnn.backward_data(self.blobs[0].data, dy4, dx,
+                                                                                 *geometry), gemm_data)
+
+    def _backward_images(self, xp, w, wflip, x, dy, dx, dw, db):
+        """backward, the images split across threads a few at a time (``caffeish.image_threads``): each
+        thread sums its images' parameter gradients privately, and the sums are added at the end."""
+        step = self._image_step()
+        sums = [(_zeroed(xp, dy.dtype, f"conv.dw.{p}", dw), _zeroed(xp, dy.dtype, f"conv.db.{p}", db))
+                for p in range(image_threads.num_parts(self.num, step))]
+
+        def chunk(start, stop, part):
+            self._backward_chunk(xp, w, wflip, x, dy, dx, start, stop, *sums[part], transposed_below=0)
+        image_threads.for_image_chunks(self.num, step, chunk)
+        for dw_part, db_part in sums:
+            if dw is not None:
+                dw += dw_part
+            if db is not None:
+                db += db_part
+
+    def _backward_chunk(self, xp, w, wflip, x, dy, dx, start, stop, dw, db, transposed_below=None):
+        """Images [start, stop): the parameter gradients added into ``dw`` / ``db`` (None: not wanted), the
+        input's gradient written into ``dx`` (None: not wanted).  ``transposed_below`` as in ``_correlate``."""
+        g, og = self.group, self.num_output // self.group
+        nout, L = self.num_output, self.out_count
+        n = stop - start
+        if n == 1:
+            dyt = dy[start].reshape(g, og, L)
+        elif dw is not None or db is not None or (dx is not None and self.data_path == "cols"):
+            # the top's gradient, channel-major like the columns: (nout, n L)
+            dyt = workspace(xp, dy.dtype, "conv.gemm", nout * n * L).reshape(nout, n, L)
+            parallel_copy(dyt, dy[start:stop].swapaxes(0, 1))
+            dyt = dyt.reshape(g, og, n * L)
+        if db is not None:
+            db += dyt.reshape(nout, -1).sum(axis=1)
+        if dw is not None:
+            cols = _columns(x[start:stop], g, self.kernel, self.stride, self.pad, self.dilation, self.out_shape)
+            if transposed_below == 0:  # one thread's GEMM: the orientation that adds contiguously
+                # (g, nout/g, n L) @ (g, n L, K) -> (g, nout/g, K)
+                dw += _gemm(xp, dyt, cols.swapaxes(1, 2), workspace(xp, dy.dtype, "conv.dw", w.size).reshape(w.shape))
+            else:
+                # sum over images and output positions, transposed so that the product's rows are the
+                # many K (for the BLAS's threads): (g, K, n L) @ (g, n L, nout/g) -> (g, K, nout/g).
+                dwt = _gemm(xp, cols, dyt.swapaxes(1, 2), workspace(xp, dy.dtype, "conv.dw", w.size)
+                            .reshape(w.shape[0], w.shape[2], w.shape[1]))
+                dw += dwt.swapaxes(1, 2)
+        if dx is None:
+            return
+        if self.data_path == "correlate":
+            self._backward_data_correlate(xp, wflip, dy[start:stop], dx[start:stop], transposed_below)
+        elif self.data_path == "wide":
+            self._backward_data_wide(xp, w.swapaxes(1, 2), dy[start:stop], dx[start:stop])
+        else:
+            wt = w.swapaxes(1, 2)
+            if self.is_1x1 and n == 1:
+                _gemm(xp, wt, dyt, dx[start].reshape(g, -1, L))
+                return
+            # (g, K, nout/g) @ (g, nout/g, n L) -> (g, K, n L), in the columns' work buffer.
+            dcols = _gemm(xp, wt, dyt, workspace(xp, dy.dtype, "conv", g * wt.shape[1] * n * L)
+                          .reshape(g, -1, n * L))
+            if self.is_1x1:
+                images_first = dcols.reshape(self.channels, n, -1).swapaxes(0, 1)
+                dx[start:stop] = images_first.reshape(dx[start:stop].shape)
+            else:
+                col2im_cm(dcols.reshape(-1, n * L), dx[start:stop], self.kernel, self.stride, self.pad,
+                          self.dilation, self.out_shape, slot="conv.pad")
+
+    def _flipped_weights(self, xp, w):
+        """(g, og, cg, *k) -> (g, cg, og * kk): flipped in space, input and output channels swapped."""
         g, og, cg = self.group, self.num_output // self.group, self.channels // self.group
         kernel = tuple(self.kernel)
         flip = (slice(None),) * 3 + (slice(None, None, -1),) * len(kernel)
-        # (g, og, cg, *k) -> (g, cg, og, *k flipped) -> (g, cg, og * kk), in a small work buffer.
         wf = workspace(xp, w.dtype, "conv.wflip", w.size).reshape((g, cg, og) + kernel)
         wf[...] = w.reshape((g, og, cg) + kernel)[flip].swapaxes(1, 2)
+        return wf.reshape(g, cg, -1)
+
+    def _backward_data_correlate(self, xp, wflip, dy, dx, transposed_below=None):
+        """Unit strides: dx = the correlation of dy, padded by dilation (k - 1) - pad, with the weights
+        flipped in space and with input and output channels swapped per group (``wflip``)."""
         back_pad = [d * (k - 1) - q for k, d, q in zip(self.kernel, self.dilation, self.pad)]
         n = dy.shape[0]
-        _correlate(dy.reshape((n, self.num_output) + tuple(self.out_shape)), wf.reshape(g, cg, -1), self.kernel,
-                   [1] * len(kernel), back_pad, self.dilation, self.spatial,
-                   dx.reshape(n, self.channels, -1), None)
+        _correlate(dy.reshape((n, self.num_output) + tuple(self.out_shape)), wflip, self.kernel,
+                   [1] * len(self.kernel), back_pad, self.dilation, self.spatial,
+                   dx.reshape(n, self.channels, -1), None, transposed_below=transposed_below)
 
     def _backward_data_wide(self, xp, wt, dy, dx):
         """The input's gradient through wide columns (see ``caffeish.im2col.col2im_cm_wide``).
@@ -339,7 +429,7 @@ def _columns(x, group, kernel, stride, pad, dilation, out_shape):
     return cols.reshape(group, -1, n * length)
 
 
-def _correlate(x, w, kernel, stride, pad, dilation, out_shape, y, bias):
+def _correlate(x, w, kernel, stride, pad, dilation, out_shape, y, bias, transposed_below=None):
     """y (n, g * og, prod(out)) = Caffe's grouped correlation of x (n, C, *spatial) with w (g, og, C/g * kk).
 
     One GEMM per group covers the whole batch.  With few output channels the product is computed
@@ -351,7 +441,7 @@ def _correlate(x, w, kernel, stride, pad, dilation, out_shape, y, bias):
     g, og = w.shape[:2]
     nout, length = g * og, _count(out_shape)
     cols = _columns(x, g, kernel, stride, pad, dilation, out_shape)
-    if og < TRANSPOSED_FORWARD_BELOW:
+    if og < (TRANSPOSED_FORWARD_BELOW if transposed_below is None else transposed_below):
         # (g, n L, K) @ (g, K, og) -> (g, n L, og)
         yt = _gemm(xp, cols.swapaxes(1, 2), w.swapaxes(1, 2),
                    workspace(xp, x.dtype, "conv.gemm", nout * n * length).reshape(g, n * length, og))
@@ -367,6 +457,15 @@ def _correlate(x, w, kernel, stride, pad, dilation, out_shape, y, bias):
     out = workspace(xp, x.dtype, "conv.gemm", nout * n * length).reshape(g, og, n * length)
     _gemm(xp, w, cols, out)
     _store(xp, y, out.reshape(nout, n, length).swapaxes(0, 1), None if bias is None else bias[:, None])
+
+
+def _zeroed(xp, dtype, slot, like):
+    """A zeroed work array shaped like ``like`` (None for None)."""
+    if like is None:
+        return None
+    out = workspace(xp, dtype, slot, like.size).reshape(like.shape)
+    out[...] = 0
+    return out
 
 
 def _store(xp, y, images_first, bias):

@@ -1,0 +1,121 @@
+"""Image-parallel work on the CPU: the batch split across threads, each with a single-threaded BLAS.
+
+One multi-threaded GEMM over a whole batch's columns streams them through memory: for CIFAR-10's
+second convolution (100 images of 32 x 16 x 16, 5x5 kernel) the columns are 82 MB, written by im2col
+and read back by the GEMM from DRAM, and a GEMM with 32 output rows splits poorly over threads.
+Caffe's CPU path (and oneDNN's) works image by image instead.  Here each thread takes its own share
+of the images and, a few at a time, builds their columns in its own work buffer -- small enough to
+stay in the core's L2 cache (``CHUNK_BYTES``) -- and multiplies them with a single-threaded GEMM; the
+BLAS's own threads are set to one meanwhile (``threadpoolctl``) so that the threads do not fight.
+
+Used where it pays (the layers decide): numpy arrays, more than one image, threadpoolctl importable.
+
+Idle BLAS threads.  After each call OpenBLAS's worker threads spin for 2^28 cycles (about 0.1 s)
+before they sleep: in a training iteration that is always, so on two cores every element-wise
+pass split across our threads (``caffeish.im2col.parallel_for``), and every chunk of the threads
+above, ran beside a spinning thread and took up to 1.5x as long (CIFAR-10 quick: 162 ms per
+forward+backward against 120 ms).  ``OPENBLAS_THREAD_TIMEOUT`` (log2 of the cycles) sets that
+spin: ``caffeish/__init__.py`` sets 12 (a few microseconds) unless the user set it, which takes
+effect when numpy is imported after caffeish; ``quiet_idle_blas_threads`` applies the setting once
+to an OpenBLAS that was loaded before (it re-reads the environment and restarts the threads).
+"""
+import os
+import threading
+from contextlib import contextmanager
+
+import numpy
+
+from .im2col import num_threads, parallel_for
+
+#: Column bytes per chunk of images: about one core's L2 cache (the chunk's columns are written, then
+#: read by the GEMM while still cached).  At least one image per chunk, however large.
+CHUNK_BYTES = 1 << 20
+#: Switch for the image-parallel paths (tests turn it off to compare with the whole-batch paths).
+ENABLED = True
+
+_blas = {"controllers": None, "quieted": False}
+_lock = threading.Lock()
+
+
+def _controllers():
+    """threadpoolctl's controllers of the BLAS libraries numpy uses ([] when threadpoolctl is absent)."""
+    if _blas["controllers"] is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+            _blas["controllers"] = ThreadpoolController().select(user_api="blas").lib_controllers
+        except Exception:  # not installed, or a BLAS it cannot drive: keep the whole-batch paths
+            _blas["controllers"] = []
+    return _blas["controllers"]
+
+
+def quiet_idle_blas_threads():
+    """Give an OpenBLAS loaded before caffeish the ``OPENBLAS_THREAD_TIMEOUT`` now in the environment
+    (once per process)."""
+    if _blas["quieted"]:
+        return
+    _blas["quieted"] = True
+    wanted = os.environ.get("OPENBLAS_THREAD_TIMEOUT", "")
+    if not wanted.isdigit():
+        return
+    for c in _controllers():
+        lib = getattr(c, "dynlib", None)
+        try:
+            if c.internal_api != "openblas" or lib.openblas_thread_timeout() == int(wanted):
+                continue  # not OpenBLAS, or it has the setting already
+            lib.openblas_read_env()
+            lib.blas_thread_shutdown_()  # the threads start again at the next call, with the new timeout
+        except Exception:  # an OpenBLAS without these entry points: keep its default
+            continue
+
+
+def available(xp, num):
+    """Whether ``num`` images of ``xp`` arrays should be split across threads image by image."""
+    if not ENABLED or xp is not numpy or num < 2:
+        return False
+    return num_threads() == 1 or bool(_controllers())
+
+
+@contextmanager
+def single_threaded_blas():
+    """The BLAS runs one thread per call while inside (the callers' threads are the parallelism)."""
+    controllers = _controllers()
+    with _lock:  # nested or concurrent users restore the outermost setting
+        saved = [c.get_num_threads() for c in controllers]
+        for c in controllers:
+            c.set_num_threads(1)
+    try:
+        yield
+    finally:
+        with _lock:
+            for c, n in zip(controllers, saved):
+                c.set_num_threads(n)
+
+
+def images_per_chunk(bytes_per_image):
+    return max(1, int(CHUNK_BYTES // max(1, int(bytes_per_image))))
+
+
+def num_parts(num, step):
+    """How many runs of chunks ``for_image_chunks`` deals out (one per thread)."""
+    return max(1, min(num_threads(), -(-num // step)))
+
+
+def for_image_chunks(num, step, fn):
+    """Call ``fn(start, stop, part)`` for chunks of ``step`` images covering ``[0, num)``.
+
+    The chunks are dealt out in contiguous runs, one run per thread (the caller runs one); ``part`` is
+    the run's index in ``[0, parts)``, so that a thread can keep private accumulators.  Returns
+    ``parts``.  The BLAS is single-threaded meanwhile.  (A pool thread may run several parts in turn,
+    so per-part state belongs to the part, not to the thread.)
+    """
+    chunks = -(-num // step)
+    parts = num_parts(num, step)
+    bounds = [chunks * i // parts for i in range(parts + 1)]
+
+    def run(lo, hi):
+        for p in range(lo, hi):
+            for c in range(bounds[p], bounds[p + 1]):
+                fn(c * step, min(num, (c + 1) * step), p)
+    with single_threaded_blas():
+        parallel_for(parts, run, None)
+    return parts
