@@ -59,6 +59,18 @@ def device_id():
     return _state["device"]
 
 
+def current_device():
+    """The GPU current on this thread: ``device_id()`` unless this thread chose another.
+
+    One process that drives several GPUs (``caffeish.parallel.MultiDeviceSolver``) gives each replica a
+    thread with its own device current (``cupy.cuda.Device(n).use()``); what a replica allocates, and its
+    data layers' prefetch copies, go to that device.
+    """
+    if _state["mode"] == GPU and cupy is not None:
+        return int(cupy.cuda.runtime.getDevice())
+    return _state["device"]
+
+
 def xp():
     """The array module of the current mode."""
     return cupy if _state["mode"] == GPU else numpy

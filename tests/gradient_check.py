@@ -10,7 +10,14 @@ with a relative tolerance ``threshold * max(|analytic|, |numeric|, 1)``.
 Elements whose input lies within ``kink_range`` of ``kink`` (e.g. ReLU's 0) are
 skipped, as Caffe does.  Everything runs in float64, and the random generator
 is re-seeded before every forward pass so that Dropout masks stay the same.
+
+``recording_cases()`` turns the checker into a recorder: inside it, ``check_gradient`` stores what it was
+given (the layer's parameter, bottoms, weights and options: a ``GradientCase``) and checks nothing, so
+other tests (tests/gpu: the same layers on numpy and CuPy) reuse every case the gradient checks use.
 """
+import contextlib
+from dataclasses import dataclass, field
+
 import numpy
 
 from caffeish import backend
@@ -27,9 +34,49 @@ def checks_forward(*type_names):
 
 
 def checks_gradient(*type_names):
-    """Mark a test as this layer type's gradient check."""
+    """Mark a test as this layer type's gradient check (``fn.gradient_checks`` names the types)."""
     GRADIENT_CHECKED.update(type_names)
-    return lambda fn: fn
+
+    def mark(fn):
+        fn.gradient_checks = tuple(type_names)
+        return fn
+    return mark
+
+
+@dataclass
+class GradientCase:
+    """What one ``check_gradient`` call was given, as host arrays (see ``recording_cases``)."""
+    param: object            # the layer's LayerParameter
+    dtype: object
+    bottoms: list            # numpy arrays
+    num_top: int
+    check_bottom: list
+    weights: list = field(default_factory=list)  # the layer's parameter blobs when it came set up, else []
+    seed: int = 1701
+    test: str = ""           # the test that made it
+
+
+_RECORDING = []
+
+
+@contextlib.contextmanager
+def recording_cases():
+    """Within the block, ``check_gradient`` appends a GradientCase to the yielded list instead of checking."""
+    cases = []
+    _RECORDING.append(cases)
+    try:
+        yield cases
+    finally:
+        _RECORDING.pop()
+
+
+def _record(layer, bottom, top, check_bottom, seed, setup):
+    param = type(layer.param)()
+    param.CopyFrom(layer.param)
+    _RECORDING[-1].append(GradientCase(
+        param=param, dtype=layer.dtype, bottoms=[numpy.array(backend.to_cpu(b.data)) for b in bottom],
+        num_top=len(top), check_bottom=list(range(len(bottom)) if check_bottom is None else check_bottom),
+        weights=[] if setup else [numpy.array(backend.to_cpu(b.data)) for b in layer.blobs], seed=seed))
 
 
 def _objective(top, top_id, top_data_id):
@@ -55,6 +102,9 @@ def check_gradient(layer, bottom, top, check_bottom=None, top_id=None, top_data_
     ``check_bottom``: indices of bottoms to check (default: all).  Parameters are
     checked when ``check_params``.  Raises AssertionError naming the first bad element.
     """
+    if _RECORDING:
+        _record(layer, bottom, top, check_bottom, seed, setup)
+        return 1
     if setup:
         layer.setup(bottom, top)
     check_bottom = range(len(bottom)) if check_bottom is None else check_bottom

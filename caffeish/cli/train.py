@@ -89,6 +89,7 @@ class _ClearBar(logging.Filter):
 
 
 def _choose_device(gpu, param, world=None):
+    """Select the device(s); returns the GPUs to train on in this process when there are several, else []."""
     if gpu is None and param.HasField("solver_mode") and param.solver_mode == caffe_pb2.SolverParameter.GPU:
         if backend.gpu_available():
             gpu = "all" if world is not None else str(param.device_id)
@@ -100,15 +101,20 @@ def _choose_device(gpu, param, world=None):
         select_device(str(device))
         log.info("Using GPU %d on rank 0; every rank takes the GPU of its local rank among %s (NCCL all-reduce)",
                  device, ", ".join(map(str, gpus)))
-        return
+        return []
+    if gpu is not None and gpu not in ("", "all") and len(parse_gpus(gpu)) > 1:
+        gpus = parallel.parse_devices(parse_gpus(gpu))
+        parallel.check_gpus(gpus, f"--gpu {gpu} (data-parallel training in this process, one replica per GPU, "
+                                  "gradients summed with NCCL)")
     gpus = select_device(gpu)
+    if len(gpus) > 1:
+        log.info("Using GPUs %s: one replica per GPU in this process", ", ".join(map(str, gpus)))
+        return gpus
     if gpus:
         log.info("Using GPUs %s", ", ".join(map(str, gpus)))
-        if len(gpus) > 1:
-            log.warning("Multi-GPU training in one process is not available: training on GPU %d only (start one "
-                        "process per GPU with mpiexec for data-parallel training)", gpus[0])
     else:
         log.info("Use CPU.")
+    return []
 
 
 @register_command("train")
@@ -153,12 +159,18 @@ def _train(solver, weights, snapshot, gpu, level, stage, sigint_effect, sighup_e
     param = caffe_pb2.SolverParameter()
     param.CopyFrom(read_solver_param(solver))
     upgrade_solver_type(param)
-    _choose_device(gpu, param, world)
+    gpus = _choose_device(gpu, param, world)
     if world is not None:
         parallel.shared_seed(world, param)
     cls = SOLVERS.get(param.type, context=f"solver {solver}")
+    md = None
     try:
-        s = cls(solver, level=level, stages=parse_stages(stage))
+        if gpus:
+            md = parallel.MultiDeviceSolver(solver, gpus, solver_type=param.type, level=level,
+                                            stages=parse_stages(stage))
+            s = md.root
+        else:
+            s = cls(solver, level=level, stages=parse_stages(stage))
     except CaffeishError as e:
         raise e.in_file(solver) from None
     s.on_snapshot_error = on_snapshot_error
@@ -174,6 +186,8 @@ def _train(solver, weights, snapshot, gpu, level, stage, sigint_effect, sighup_e
                 load_weights(net, path)
     if dp is not None:
         dp.broadcast_from_root(resumed=bool(snapshot))
+    if md is not None:
+        md.sync_from_root(resumed=bool(snapshot))
     if progress is None:
         progress = sys.stderr.isatty()
     handler = next((h for h in log.handlers if getattr(h, "_caffeish", False)), None)
@@ -193,6 +207,8 @@ def _train(solver, weights, snapshot, gpu, level, stage, sigint_effect, sighup_e
             sys.stderr.write("\n")
         for net in [s.net] + s.test_nets:
             net.close()
+        if md is not None:
+            md.close()
     if dp is not None:
         dp.finish()
     log.info("Optimization Done.")

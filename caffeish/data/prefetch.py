@@ -309,7 +309,7 @@ class PrefetchingDataLayer(Layer):
             self._release_sync()
             worker = self._holder.worker
             if worker is None:
-                device = backend.device_id() if backend.mode() == backend.GPU else None
+                device = backend.current_device() if backend.mode() == backend.GPU else None
                 worker = self._holder.worker = _Worker(self.reader, self.seed, self._batch, self._position,
                                                        self.prefetch_depth, self.name, device)
             try:

@@ -1,0 +1,104 @@
+"""All-reduce between the replicas of one process: NCCL across the GPUs, or a sum in host memory.
+
+A local reducer sums N same-shaped flat arrays, one per replica, and leaves the sum in every one of
+them (``allreduce(arrays)``).  ``HostReducer`` works on numpy arrays (CPU replicas) and, through host
+copies, on CuPy arrays; ``NCCLReducer`` runs one ``ncclAllReduce`` per GPU between ``groupStart`` and
+``groupEnd``, as Caffe's NCCL-based P2PSync did, each on the stream its replica computes on (so what
+comes next on that GPU waits for it and nothing else does).  ``make_local_reducer`` picks NCCL for
+GPU replicas when CuPy has it.
+"""
+import logging
+
+import numpy
+
+from .. import backend
+from ..errors import CaffeishError
+
+log = logging.getLogger("caffeish")
+
+
+class HostReducer:
+    """The replicas' arrays summed in host memory (numpy arrays in place; CuPy arrays through host copies)."""
+    name = "host"
+
+    def __init__(self, devices):
+        self.devices = list(devices)
+
+    def allreduce(self, arrays):
+        hosts = [backend.to_cpu(a) for a in arrays]
+        total = hosts[0].copy()
+        for host in hosts[1:]:
+            total += host
+        for device, array in zip(self.devices, arrays):
+            if isinstance(array, numpy.ndarray):
+                array[...] = total
+            else:
+                with backend.cupy.cuda.Device(device):
+                    array.set(total)
+
+    def close(self):
+        pass
+
+
+def _nccl_type(nccl, dtype):
+    types = {numpy.dtype(numpy.float32): nccl.NCCL_FLOAT32, numpy.dtype(numpy.float64): nccl.NCCL_FLOAT64,
+             numpy.dtype(numpy.float16): nccl.NCCL_FLOAT16}
+    return types[numpy.dtype(dtype)]
+
+
+class NCCLReducer:
+    """One NCCL communicator per GPU (``NcclCommunicator.initAll``), all-reduces issued as one group."""
+    name = "NCCL"
+
+    def __init__(self, devices):
+        from cupy.cuda import nccl
+        self.cupy, self.nccl = backend.cupy, nccl
+        self.devices = [int(d) for d in devices]
+        self.comms = nccl.NcclCommunicator.initAll(self.devices)
+
+    def allreduce(self, arrays):
+        nccl = self.nccl
+        nccl.groupStart()
+        try:
+            for device, comm, array in zip(self.devices, self.comms, arrays):
+                with self.cupy.cuda.Device(device):
+                    stream = self.cupy.cuda.get_current_stream()
+                    comm.allReduce(array.data.ptr, array.data.ptr, array.size, _nccl_type(nccl, array.dtype),
+                                   nccl.NCCL_SUM, stream.ptr)
+        finally:
+            nccl.groupEnd()
+
+    def close(self):
+        for comm in self.comms:
+            comm.destroy()
+        self.comms = []
+
+
+def nccl_available():
+    """Whether CuPy's NCCL binding is importable and usable."""
+    if backend.cupy is None:
+        return False
+    try:
+        from cupy.cuda import nccl
+    except Exception:
+        return False
+    return bool(getattr(nccl, "available", True))
+
+
+def make_local_reducer(devices, kind=None):
+    """``kind``: "nccl", "host" or None (NCCL for GPU replicas when available, else host memory)."""
+    gpu = all(isinstance(d, int) for d in devices)
+    if kind is None:
+        kind = "nccl" if gpu and nccl_available() else "host"
+    if kind == "host":
+        if gpu:
+            log.warning("NCCL is not available to CuPy: the replicas' gradients are summed through host memory")
+        return HostReducer(devices)
+    if kind != "nccl":
+        raise CaffeishError(f"unknown reducer '{kind}': nccl or host")
+    if not gpu:
+        raise CaffeishError("the NCCL reducer needs GPU replicas, not CPU ones")
+    if not nccl_available():
+        raise CaffeishError("the NCCL reducer was asked for, but CuPy's NCCL binding (cupy.cuda.nccl) is not "
+                            "available: install NCCL for CuPy (pip install nvidia-nccl-cu12) or use the host reducer")
+    return NCCLReducer(devices)
