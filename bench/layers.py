@@ -3,7 +3,8 @@
     python bench/layers.py [--iterations N] [--threads T] [FILTER ...]
 
 FILTER keeps the cases whose name contains any of the given words (``conv``, ``pool``, ``caffenet``...).
-Runs alternate (ours, torch, ours, torch...) and each number is a median.  Backward computes every
+Runs alternate in blocks (3 of ours, 3 of torch, ...; the first of each block not counted, as in
+``vs_torch.py``) and each number is a median.  Backward computes every
 gradient both sides can: the input's, and the parameters' (ours accumulate into diffs zeroed first,
 torch's grads are set to None first, as ``zero_grad()`` does).  The shapes are those of LeNet,
 CIFAR-10 quick and CaffeNet (batch 32), plus odd ones (groups, dilation, overlapping pooling).
@@ -20,7 +21,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from vs_torch import blas_threads  # noqa: E402
+from vs_torch import BLOCK, blas_threads  # noqa: E402
 
 
 def conv(o, k, s=1, p=0, g=1, d=1):
@@ -157,11 +158,11 @@ def time_case(text, shapes, iterations):
         y.backward(g)
         return t1 - t0, time.perf_counter() - t1
 
-    ours(), theirs()
     a, b = [], []
-    for _ in range(iterations):
-        a.append(ours())
-        b.append(theirs())
+    while len(a) < iterations:
+        for runs, step in ((a, ours), (b, theirs)):
+            step()  # after the other framework: its idle threads may still spin
+            runs.extend(step() for _ in range(BLOCK - 1))
     med = lambda runs, k: statistics.median(r[k] for r in runs) * 1e3  # noqa: E731
     return med(a, 0), med(a, 1), med(b, 0), med(b, 1)
 
@@ -173,9 +174,11 @@ def main():
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     import torch
+    from caffeish import image_threads
+    image_threads.quiet_idle_blas_threads()  # what building a Net does; numpy was imported first here
     threads = args.threads or blas_threads()
     torch.set_num_threads(threads)
-    print(f"threads: {threads}; ms, median of {args.iterations} interleaved runs")
+    print(f"threads: {threads}; ms, median of {args.iterations} runs in alternating blocks")
     print(f"{'case':<30} {'shape':<20} {'fwd ours':>9} {'torch':>8} {'ratio':>6}   "
           f"{'bwd ours':>9} {'torch':>8} {'ratio':>6}")
     for name, text, shapes in CASES:

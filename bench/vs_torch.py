@@ -9,7 +9,7 @@ Ours is the deploy prototxt with ``force_backward`` and the batch set through th
 the TRAIN phase by an SGD solver built over that net (momentum 0.9, weight decay 5e-4); PyTorch's is the
 equivalent ``torch.nn.Sequential`` built layer by layer from our net (same shapes, our weights copied
 in, outputs checked to agree) with ``torch.optim.SGD`` (same momentum and weight decay).  Both run with
-the same number of threads: our BLAS's (threadpoolctl when installed, else ``os.cpu_count()``).
+the same number of threads: our BLAS's (threadpoolctl).
 
 Runs alternate in blocks (3 of ours, 3 of torch, ...; the first of each block is a warm-up, not
 counted: the other framework's idle threads may still be spinning) so that a busy machine slows both
