@@ -59,6 +59,8 @@ log = logging.getLogger("caffeish")
 
 ENV_VAR = "CAFFEISH_PREFETCH"
 THREAD_PREFIX = "caffeish-prefetch"
+#: Seconds ``close`` waits for a prefetch thread that is stuck in a read before it gives up on it.
+CLOSE_TIMEOUT = 10.0
 _LIVE = weakref.WeakSet()
 _exiting = [False]
 
@@ -193,6 +195,7 @@ class _Worker:
                     raise RuntimeError("the prefetch thread stopped without a batch or an error") from None
 
     def stop(self, timeout=None):
+        """Ask the thread to stop and wait for it (at most ``timeout`` s); whether it has stopped."""
         self.stop_event.set()
         if self.thread is not threading.current_thread():
             self.thread.join(timeout)
@@ -202,6 +205,7 @@ class _Worker:
             except queue.Empty:
                 break
         _LIVE.discard(self)
+        return not self.thread.is_alive() or self.thread is threading.current_thread()
 
 
 def _device_copier(device):
@@ -245,13 +249,17 @@ class _Holder:
         self.reader = None
 
     def stop_worker(self, timeout=None):
+        """Stop the prefetch thread; False (and a warning) if it is still stuck in a read after ``timeout`` s."""
         worker, self.worker = self.worker, None
-        if worker is not None:
-            worker.stop(timeout)
+        if worker is None or worker.stop(timeout):
+            return True
+        log.warning("the prefetch thread %s did not stop within %g s (a read from its data source hangs); "
+                    "leaving it and its source open", worker.thread.name, timeout)
+        return False
 
     def close(self):
-        self.stop_worker(2.0 if _exiting[0] else None)
-        if self.reader is not None:
+        # A reader still in use by a stuck thread is not closed under it (closing an LMDB mid-read can crash).
+        if self.stop_worker(2.0 if _exiting[0] else CLOSE_TIMEOUT) and self.reader is not None:
             self.reader.close()
 
 
@@ -435,8 +443,11 @@ class PrefetchingDataLayer(Layer):
         self._batch = batch // self.reader.shard_size
 
     def close(self):
-        """Stop the prefetch thread and release the source (a later forward reopens it)."""
-        self._holder.stop_worker()
+        """Stop the prefetch thread and release the source (a later forward reopens it).
+
+        Waits at most ``CLOSE_TIMEOUT`` s for a thread stuck in a read (a hung network file system, a FIFO
+        with no writer): then it warns and leaves that thread, and its source, open."""
+        stopped = self._holder.stop_worker(CLOSE_TIMEOUT)
         self._release_sync()
-        if self.reader is not None:
+        if stopped and self.reader is not None:
             self.reader.close()

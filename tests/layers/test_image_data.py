@@ -1,6 +1,8 @@
 """ImageData: image files from a list, BGR decoding, resize, shuffle per epoch, rand_skip, errors."""
 import gc
 import json
+import os
+import time
 
 import numpy
 import pytest
@@ -199,3 +201,31 @@ def test_image_data_in_a_net(tmp_path, opened):
     for _ in range(3):
         assert numpy.isfinite(float(net.forward()["loss"]))
     assert net.blobs["data"].shape == (2, 3, 4, 4)
+
+
+def test_close_gives_up_on_a_prefetch_thread_stuck_in_a_read(tmp_path, monkeypatch, caplog):
+    """A source that never delivers (here a FIFO with no writer, as a hung network file system would):
+    close() returns after CLOSE_TIMEOUT with a warning naming the thread instead of hanging forever."""
+    from caffeish.data import prefetch
+    monkeypatch.setattr(prefetch, "CLOSE_TIMEOUT", 0.3)
+    write_images(tmp_path, 1)
+    fifo = tmp_path / "stuck.png"
+    os.mkfifo(fifo)
+    (tmp_path / "list.txt").write_text("img 0.png 1\nstuck.png 2\n")
+    layer = make_layer(f'name: "img" type: "ImageData" image_data_param {{ source: "{tmp_path}/list.txt" '
+                       f'root_folder: "{tmp_path}/" batch_size: 1 }}', dtype=numpy.float32)
+    top = empty(2, dtype=numpy.float32)
+    layer.setup([], top)
+    layer.Forward([], top)  # the first image; the thread then blocks opening the FIFO
+    time.sleep(0.2)
+    started = time.monotonic()
+    layer.close()
+    assert time.monotonic() - started < 3
+    assert any("did not stop within 0.3 s" in r.getMessage() and "img" in r.getMessage() for r in caplog.records)
+    assert live_prefetch_threads()
+    with open(fifo, "wb") as f:  # let the read finish: the stopped thread ends
+        f.write(b"not an image")
+    deadline = time.monotonic() + 5
+    while live_prefetch_threads() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not live_prefetch_threads()
