@@ -304,7 +304,7 @@ def main():
         name, _, b = item.partition("=")
         batches[name] = int(b)
     print(f"threads: {threads} (torch {torch.__version__}, numpy {numpy.__version__}); "
-          f"median of {args.iterations} interleaved iterations")
+          f"median of {args.iterations} iterations in alternating blocks of {BLOCK}")
     rows = []
     for name in args.nets or list(NETS):
         rows.append(bench_net(name, batches[name], args.iterations, args.memory, threads))
