@@ -51,6 +51,20 @@ def fsync_directory(directory):
         os.close(fd)
 
 
+def current_umask():
+    """This process's umask (read without changing it where Linux tells it)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path, suffix=""):
     """Yield a temporary path beside ``path``; on success fsync it and rename it onto ``path``.
@@ -61,6 +75,10 @@ def atomic_path(path, suffix=""):
     directory = os.path.dirname(os.path.abspath(path))
     remove_stale_temporaries(directory)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", suffix=suffix, dir=directory)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp's 0600 -> what open() would have made
+    except OSError:
+        pass
     os.close(fd)
     try:
         yield tmp

@@ -591,3 +591,43 @@ def test_api_mistakes_found_while_auditing(tmp_path):
              "inner_product_param { num_output: 1 } }", phase=caffe_pb2.TEST) as net:
         with pytest.raises(CaffeishError, match="data/ip/0 is not an array of numbers"):
             net.copy_from(str(h5))
+
+
+def test_atomic_writes_get_the_mode_a_plain_open_gives(tmp_path):
+    """Snapshots and outputs are written through temporary files; they end with the umask's mode, not 0600."""
+    from caffeish.atomic import atomic_path, current_umask
+    with atomic_path(tmp_path / "f.bin") as tmp:
+        with open(tmp, "wb") as f:
+            f.write(b"x")
+    with open(tmp_path / "plain.bin", "wb") as f:
+        f.write(b"x")
+    mode = os.stat(tmp_path / "f.bin").st_mode & 0o777
+    assert mode == os.stat(tmp_path / "plain.bin").st_mode & 0o777 == 0o666 & ~current_umask()
+
+
+def test_hdf5_output_on_a_full_disk_is_an_error_and_keeps_the_last_file(tmp_path):
+    """libhdf5 used to crash (SIGSEGV) after a failed write: now a one-paragraph error, the last file intact."""
+    (tmp_path / "net.prototxt").write_text("""
+        layer { name: "d" type: "DummyData" top: "x" top: "y" dummy_data_param {
+                shape { dim: 64 dim: 100 } shape { dim: 64 } data_filler { type: "gaussian" } } }
+        layer { name: "o" type: "HDF5Output" bottom: "x" bottom: "y" hdf5_output_param { file_name: "out.h5" } }
+        """)
+    script = textwrap.dedent("""
+        import resource, sys
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200000, 200000))
+        import caffeish
+        net = caffeish.Net("net.prototxt", caffeish.TEST)
+        try:
+            for _ in range(20):
+                net.forward()
+        except caffeish.CaffeishError as e:
+            print(e)
+            sys.exit(3)
+        """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "out.h5, layer 'o' (type HDF5Output): cannot write the HDF5 output (File too large)" in proc.stdout
+    with h5py.File(tmp_path / "out.h5", "r") as f:  # the last complete file: whole batches, data and labels alike
+        rows = f["data"].shape[0]
+        assert rows > 0 and rows % 64 == 0 and f["label"].shape == (rows,)

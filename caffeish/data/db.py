@@ -40,7 +40,7 @@ import h5py
 import numpy
 from google.protobuf import message as pb_message
 
-from ..atomic import fsync_directory, process_alive
+from ..atomic import current_umask, fsync_directory, process_alive
 from ..errors import CaffeishError
 from ..proto import caffe_pb2
 
@@ -198,9 +198,7 @@ def atomic_db_path(final_path, overwrite=False):
     parent, name = os.path.split(final_path)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{name}.{os.getpid()}.", suffix=".tmp", dir=parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0700 -> what mkdir would have made
     try:
         yield tmp
         check_target(final_path, overwrite)
