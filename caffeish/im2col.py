@@ -163,7 +163,7 @@ _local = threading.local()
 def workspace(xp, dtype, slot, size):
     """A flat work array of at least ``size`` elements, kept and reused across calls and layers.
 
-    One buffer per (array module, dtype, slot) and thread, grown when a larger one is asked for --
+    One buffer per (array module, dtype, slot), thread and GPU, grown when a larger one is asked for --
     Caffe's shared column buffer: layers run one at a time, so a slot's contents only live until the
     next call that asks for the same slot.  Returns the first ``size`` elements.
     """
@@ -171,7 +171,8 @@ def workspace(xp, dtype, slot, size):
     if pool is None:
         pool = _local.pool = {}
     dtype = numpy.dtype(dtype)
-    key = (xp.__name__, dtype.str, slot)
+    # a thread may drive several GPUs in turn (replicas run one after the other): a buffer per device
+    key = (xp.__name__, dtype.str, slot) if xp is numpy else (xp.__name__, dtype.str, slot, xp.cuda.get_device_id())
     buf = pool.get(key)
     if buf is None or buf.size < size:
         pool[key] = None  # drop the old buffer before allocating its successor

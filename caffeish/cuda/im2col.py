@@ -96,7 +96,7 @@ def im2col_applies(x, kernel, stride, pad, dilation, out_shape=None):
     if out_shape is None:
         out_shape = generic.conv_output_shape(x.shape[2:], kernel, stride, pad, dilation)
     length = x.shape[0] * generic._prod(max(o, 0) for o in out_shape)
-    return x.shape[1] * generic._prod(kernel) * length <= kernels.INT32_MAX
+    return x.shape[1] * generic._prod(kernel) * length <= kernels.MAX_ELEMENTS
 
 
 def col2im_applies(cols, out, kernel, stride, pad, dilation):

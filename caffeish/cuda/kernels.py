@@ -29,15 +29,19 @@ BLOCK = 256
 #: Grid-stride loops cover any size; more blocks than this only add scheduling work.
 MAX_BLOCKS = 65536
 INT32_MAX = 2 ** 31 - 1
+#: The most elements a kernel takes: the grid-stride loop's int index goes up to n - 1 + BLOCK * MAX_BLOCKS,
+#: which must not overflow.
+MAX_ELEMENTS = INT32_MAX - BLOCK * MAX_BLOCKS
 
 _CTYPES = {numpy.dtype(numpy.float32): "float", numpy.dtype(numpy.float64): "double"}
 _modules = {}
 
-# Shared by every source: the element type, FLT_MAX as Caffe spells it, and the loop every
-# element-wise kernel uses (so one launch size serves any n).
+# Shared by every source: the element type, FLT_MAX as Caffe spells it (a float literal, so that in double
+# kernels too it is exactly float32's largest value, as on the CPU), and the loop every element-wise kernel
+# uses (so one launch size serves any n).
 PRELUDE = """
 typedef {ctype} T;
-#define CAFFEISH_FLT_MAX 3.402823466e+38
+#define CAFFEISH_FLT_MAX 3.402823466e+38F
 #define CUDA_KERNEL_LOOP(i, n) \\
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += blockDim.x * gridDim.x)
 """
@@ -103,8 +107,8 @@ def launch(name, dtype, kernel, n, args, block=BLOCK):
 
 
 def fits_int32(*arrays):
-    """Whether every array's element count fits the kernels' 32-bit indices."""
-    return all(a.size <= INT32_MAX for a in arrays)
+    """Whether every array's element count fits the kernels' 32-bit indices (``MAX_ELEMENTS``)."""
+    return all(a.size <= MAX_ELEMENTS for a in arrays)
 
 
 def is_cupy(array):

@@ -198,12 +198,14 @@ def forward(x, y, geometry, is_max, mask=None):
     ``geometry``: (H, W, PH, PW, kh, kw, sh, sw, pad_h, pad_w).
     """
     height, width, pooled_h, pooled_w, kh, kw, sh, sw, pad_h, pad_w = geometry
+    if y.size == 0:
+        return
     x = kernels.contiguous(x)
     channels = x.shape[1]
     if _is_global(geometry) and height * width >= 64:
         # One thread per plane would leave most of the GPU idle and read each plane serially.
         args = (x, numpy.int32(height * width), numpy.int32(bool(is_max)), y, mask if is_max else y)
-        kernels.function(SOURCE, x.dtype, "global_pool_forward")((max(1, y.size),), (GLOBAL_BLOCK,), args)
+        kernels.function(SOURCE, x.dtype, "global_pool_forward")((y.size,), (GLOBAL_BLOCK,), args)
         return
     common = (channels, height, width, pooled_h, pooled_w, kh, kw, sh, sw, pad_h, pad_w)
     if is_max:

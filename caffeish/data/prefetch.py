@@ -231,6 +231,9 @@ def _device_copier(device):
 
     def copy(arrays):
         out = []
+        # The pool hands this stream memory that the consumer's stream may still be reading (a batch it
+        # dropped): the copies wait for what is queued on the device's default stream until now.
+        stream.wait_event(cupy.cuda.Stream.null.record())
         with stream:
             for slot, a in enumerate(arrays):
                 d = cupy.empty(a.shape, a.dtype)

@@ -284,7 +284,8 @@ class ConvolutionLayer(Layer):
         if db is not None:
             db += dy.sum(axis=(0, 2))
         if dw is not None:
-            scratch = workspace(xp, dy.dtype, "conv.dw", dw.size).reshape(self.blobs[0].shape)
+            # not "conv.dw": the GEMM path below computes its product there, and would overwrite the sum
+            scratch = workspace(xp, dy.dtype, "conv.cudnn.dw", dw.size).reshape(self.blobs[0].shape)
 
             def gemm_filter():
                 scratch[...] = 0

@@ -60,3 +60,20 @@ def test_unsupported_dtype_is_refused():
 def test_python_ints_become_int32_arguments():
     args = kernels.int_args((3, True, numpy.int64(5), numpy.float32(1.5)))
     assert [type(a) for a in args] == [numpy.int32, numpy.int32, numpy.int64, numpy.float32]
+
+
+@pytest.mark.skipif(nvrtc is None, reason=NVRTC_ERROR or "NVRTC cannot be loaded")
+def test_flt_max_is_float32s_largest_value_in_double_kernels_too():
+    """MAX pooling starts from -FLT_MAX: in float64 it must be exactly the CPU's -float32 max."""
+    import struct
+    program = nvrtc.createProgram(kernels.full_source("pooling", numpy.float64), "pooling.cu", (), ())
+    nvrtc.compileProgram(program, ("-arch=compute_70",) + kernels.compile_options("pooling"))
+    ptx = nvrtc.getPTX(program)
+    text = ptx.decode() if isinstance(ptx, bytes) else str(ptx)
+    exact = "0d" + struct.pack(">d", -float(numpy.finfo(numpy.float32).max)).hex().upper()
+    assert exact in text
+
+
+def test_grid_stride_index_cannot_overflow():
+    # the last index a thread tests is below n + BLOCK * MAX_BLOCKS
+    assert kernels.MAX_ELEMENTS + kernels.BLOCK * kernels.MAX_BLOCKS <= kernels.INT32_MAX
