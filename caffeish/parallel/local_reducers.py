@@ -13,6 +13,7 @@ import numpy
 
 from .. import backend
 from ..errors import CaffeishError
+from .reducers import nccl_available, nccl_type
 
 log = logging.getLogger("caffeish")
 
@@ -40,12 +41,6 @@ class HostReducer:
         pass
 
 
-def _nccl_type(nccl, dtype):
-    types = {numpy.dtype(numpy.float32): nccl.NCCL_FLOAT32, numpy.dtype(numpy.float64): nccl.NCCL_FLOAT64,
-             numpy.dtype(numpy.float16): nccl.NCCL_FLOAT16}
-    return types[numpy.dtype(dtype)]
-
-
 class NCCLReducer:
     """One NCCL communicator per GPU (``NcclCommunicator.initAll``), all-reduces issued as one group."""
     name = "NCCL"
@@ -63,7 +58,7 @@ class NCCLReducer:
             for device, comm, array in zip(self.devices, self.comms, arrays):
                 with self.cupy.cuda.Device(device):
                     stream = self.cupy.cuda.get_current_stream()
-                    comm.allReduce(array.data.ptr, array.data.ptr, array.size, _nccl_type(nccl, array.dtype),
+                    comm.allReduce(array.data.ptr, array.data.ptr, array.size, nccl_type(nccl, array.dtype),
                                    nccl.NCCL_SUM, stream.ptr)
         finally:
             nccl.groupEnd()
@@ -72,17 +67,6 @@ class NCCLReducer:
         for comm in self.comms:
             comm.destroy()
         self.comms = []
-
-
-def nccl_available():
-    """Whether CuPy's NCCL binding is importable and usable."""
-    if backend.cupy is None:
-        return False
-    try:
-        from cupy.cuda import nccl
-    except Exception:
-        return False
-    return bool(getattr(nccl, "available", True))
 
 
 def make_local_reducer(devices, kind=None):

@@ -101,7 +101,8 @@ class HostStagingReducer(MPIReducer):
         array[...] = backend.cupy.asarray(self.host.pop(id(handle)))
 
 
-def _nccl_type(nccl, dtype):
+def nccl_type(nccl, dtype):
+    """NCCL's data type constant for a numpy/CuPy dtype."""
     types = {numpy.dtype(numpy.float32): nccl.NCCL_FLOAT32, numpy.dtype(numpy.float64): nccl.NCCL_FLOAT64,
              numpy.dtype(numpy.float16): nccl.NCCL_FLOAT16}
     return types[numpy.dtype(dtype)]
@@ -124,7 +125,7 @@ class NCCLReducer:
     def start(self, array):
         ready = self.cupy.cuda.get_current_stream().record()
         self.stream.wait_event(ready)
-        self.comm.allReduce(array.data.ptr, array.data.ptr, array.size, _nccl_type(self.nccl, array.dtype),
+        self.comm.allReduce(array.data.ptr, array.data.ptr, array.size, nccl_type(self.nccl, array.dtype),
                             self.nccl.NCCL_SUM, self.stream.ptr)
         return self.stream.record()
 
@@ -138,15 +139,21 @@ class NCCLReducer:
         self.cupy.cuda.get_current_stream().wait_event(handle)
 
 
+def nccl_available():
+    """Whether CuPy's NCCL binding is importable and usable."""
+    if backend.cupy is None:
+        return False
+    try:
+        from cupy.cuda import nccl
+    except Exception:
+        return False
+    return bool(getattr(nccl, "available", True))
+
+
 def make_reducer(world, gpu):
     """NCCL for GPU arrays when CuPy has it (else MPI through the host), MPI for host arrays."""
     if not gpu:
         return MPIReducer(world)
-    try:
-        from cupy.cuda import nccl  # noqa: F401
-        available = nccl.available if hasattr(nccl, "available") else True
-    except Exception:
-        available = False
-    if world.all_agree(available):  # NCCL on every rank or on none
+    if world.all_agree(nccl_available()):  # NCCL on every rank or on none
         return NCCLReducer(world)
     return HostStagingReducer(world)
