@@ -12,6 +12,7 @@ entering, subtract the one leaving), as Caffe does: C steps instead of C * n.  C
 reads the top's data; here ``x * powered`` stands for it, because a later in-place layer may have
 changed the top since forward.
 """
+from ..backend import get_array_module
 from . import kernels
 
 SOURCE = "lrn"
@@ -123,7 +124,7 @@ def forward(x, y, scale, powered, size, alpha, beta, k):
 def backward(x, scale, powered, dy, dx, size, alpha, beta):
     """dx from dy, with ``scale`` and ``powered`` from forward.  ``dx`` may be ``dy`` (in place): each
     column reads channels ahead of the one it writes, so aliased arrays are first copied."""
-    if dx.data.ptr == dy.data.ptr:
+    if get_array_module(dx).may_share_memory(dx, dy):
         dy = dy.copy()
     n, c = x.shape[:2]
     plane = x.size // max(n * c, 1)

@@ -350,11 +350,16 @@ class Solver:
         if not (cuda_kernels.usable(data, diff, *histories)
                 and all(a.flags.c_contiguous for a in [data, diff] + histories)):
             return False
-        p = self.param
-        cuda_updates.apply(self.cuda_kind, data.reshape(-1), diff.reshape(-1), [h.reshape(-1) for h in histories],
+        self.fused_cuda_update(i, rate)
+        return True
+
+    def fused_cuda_update(self, i, rate):
+        """Parameter ``i``'s whole update by this solver type's kernel (its arrays on the device, contiguous)."""
+        blob, p = self.net.learnable_params[i], self.param
+        histories = [self.history_blob(i, k).data.reshape(-1) for k in range(self.history_sets)]
+        cuda_updates.apply(self.cuda_kind, blob.data.reshape(-1), blob.diff.reshape(-1), histories,
                            iter_size=p.iter_size, decay=p.weight_decay * self.net.params_weight_decay[i],
                            l1=p.regularization_type == "L1", hyper=self.cuda_hyper(i, rate))
-        return True
 
     def update_param(self, i, rate):
         """Normalize, regularize, compute the update value (into the diff) and apply it: data -= diff.

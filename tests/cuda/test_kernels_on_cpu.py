@@ -1,0 +1,210 @@
+"""The CUDA kernels' code run on the CPU (``cpu_emulation``) through their real wrappers, against the numpy layers.
+
+Without a GPU this is what checks the kernels' arithmetic and indexing; on a GPU, tests/cuda's other files run
+the same kernels for real.
+"""
+import numpy
+import pytest
+
+import caffeish
+from caffeish import caffe_pb2, im2col
+from caffeish.cuda import im2col as cuda_im2col
+from caffeish.cuda import kernels
+from caffeish.cuda import lrn as cuda_lrn
+from caffeish.cuda import pooling as cuda_pooling
+from caffeish.cuda import softmax_loss as cuda_softmax_loss
+from caffeish.prototxt import parse_text
+from cpu_emulation import compiler, function
+from helpers import blob, empty, make_layer
+
+pytestmark = pytest.mark.skipif(compiler() is None, reason="needs a C++ compiler (g++) to run the kernels' code")
+DTYPES = [numpy.float32, numpy.float64]
+TOLERANCE = {numpy.float32: dict(rtol=2e-5, atol=2e-6), numpy.float64: dict(rtol=1e-12, atol=1e-13)}
+
+
+@pytest.fixture(autouse=True)
+def emulated(monkeypatch):
+    """The wrappers take numpy arrays for device arrays, and their kernels run on the CPU."""
+    monkeypatch.setattr(kernels, "function", function)
+    monkeypatch.setattr(kernels, "is_cupy", lambda a: isinstance(a, numpy.ndarray))
+    monkeypatch.setattr(kernels, "contiguous", numpy.ascontiguousarray)
+
+
+def geometries(nd, count, seed, unit_last_stride=False):
+    rng = numpy.random.default_rng(seed)
+    out = []
+    while len(out) < count:
+        spatial = tuple(int(v) for v in rng.integers(1, 9, size=nd))
+        kernel = tuple(int(v) for v in rng.integers(1, 5, size=nd))
+        stride = tuple(int(v) for v in rng.integers(1, 4, size=nd))
+        if unit_last_stride:
+            stride = stride[:-1] + (1,)
+        pad = tuple(int(v) for v in rng.integers(0, 3, size=nd))
+        dilation = tuple(int(v) for v in rng.integers(1, 3, size=nd))
+        if all(o > 0 for o in im2col.conv_output_shape(spatial, kernel, stride, pad, dilation)):
+            out.append((spatial, kernel, stride, pad, dilation))
+    return out
+
+
+# -- im2col / col2im -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("geometry", geometries(2, 12, 1) + geometries(1, 4, 2))
+def test_im2col_and_col2im(geometry, dtype):
+    spatial, kernel, stride, pad, dilation = geometry
+    rng = numpy.random.default_rng(3)
+    x = rng.standard_normal((2, 3) + spatial).astype(dtype)
+    want = im2col.im2col_cm(x, kernel, stride, pad, dilation)  # numpy arrays: the generic path
+    numpy.testing.assert_array_equal(cuda_im2col.im2col_cm(x, kernel, stride, pad, dilation), want)
+    cols = rng.standard_normal(want.shape).astype(dtype)
+    expected = im2col.col2im_cm(cols, numpy.empty_like(x), kernel, stride, pad, dilation)
+    got = cuda_im2col.col2im_cm(cols, numpy.full_like(x, numpy.nan), kernel, stride, pad, dilation)
+    numpy.testing.assert_allclose(got, expected, **TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("geometry", geometries(2, 8, 4, unit_last_stride=True))
+def test_col2im_wide(geometry, dtype):
+    spatial, kernel, stride, pad, dilation = geometry
+    rng = numpy.random.default_rng(5)
+    out_shape, padded, _, _ = im2col._geometry(spatial, kernel, stride, pad, dilation, None)
+    rows = numpy.prod(out_shape[:-1], dtype=int)
+    cols = rng.standard_normal((3 * numpy.prod(kernel), 2, rows, padded[-1])).astype(dtype)
+    cols[..., out_shape[-1]:] = 0  # what a top gradient padded with zeros gives
+    cols = cols.reshape(3 * numpy.prod(kernel), -1)
+    expected = im2col.col2im_cm_wide(cols, numpy.empty((2, 3) + spatial, dtype), kernel, stride, pad, dilation)
+    got = cuda_im2col.col2im_cm_wide(cols, numpy.full((2, 3) + spatial, numpy.nan, dtype), kernel, stride, pad,
+                                     dilation)
+    numpy.testing.assert_allclose(got, expected, **TOLERANCE[dtype])
+
+
+# -- pooling -------------------------------------------------------------------------------------------------
+POOLING = [
+    ("kernel_size: 3 stride: 2", (2, 3, 7, 9)),
+    ("kernel_size: 3 stride: 2 pad: 1", (2, 3, 8, 5)),
+    ("kernel_h: 2 kernel_w: 3 stride_h: 1 stride_w: 2 pad_h: 1 pad_w: 0", (1, 2, 5, 6)),
+    ("kernel_size: 2 stride: 3 round_mode: FLOOR", (2, 2, 7, 7)),
+    ("kernel_size: 3 stride: 3 pad: 2", (1, 2, 5, 5)),
+    ("kernel_size: 4 stride: 1 pad: 3", (1, 1, 4, 3)),
+    ("global_pooling: true", (2, 3, 5, 7)),     # one thread per plane
+    ("global_pooling: true", (1, 2, 9, 8)),     # one block per plane: a shared-memory reduction
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("method", ["MAX", "AVE"])
+@pytest.mark.parametrize("params,shape", POOLING)
+def test_pooling(params, shape, method, dtype):
+    layer = make_layer(f'type: "Pooling" pooling_param {{ pool: {method} {params} }}', dtype=dtype)
+    rng = numpy.random.default_rng(7)
+    x = blob(numpy.round(rng.standard_normal(shape), 1), dtype=dtype)  # ties: the first maximum must win
+    top = empty(2 if method == "MAX" else 1, dtype)
+    layer.setup([x], top)
+    layer.forward([x], top)
+    top[0].diff[...] = rng.standard_normal(top[0].shape)
+    layer.backward(top, [True], [x])
+    geometry = cuda_pooling.geometry_of(layer)
+    y = numpy.full(top[0].shape, numpy.nan, dtype)
+    mask = numpy.full(top[0].shape, -7, numpy.int32) if method == "MAX" else None
+    cuda_pooling.forward(x.data, y, geometry, method == "MAX", mask)
+    if method == "MAX":  # a choice, exact; an average is summed in another order
+        numpy.testing.assert_array_equal(y, top[0].data)
+        numpy.testing.assert_array_equal(mask, top[1].data.astype(numpy.int32))
+    else:
+        numpy.testing.assert_allclose(y, top[0].data, **TOLERANCE[dtype])
+    dx = numpy.full(shape, numpy.nan, dtype)
+    cuda_pooling.backward(top[0].diff, dx, geometry, method == "MAX", mask)
+    numpy.testing.assert_allclose(dx, x.diff, **TOLERANCE[dtype])
+
+
+# -- LRN -----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("size,channels", [(5, 7), (3, 2), (5, 3), (1, 4)])
+def test_lrn_across_channels(size, channels, dtype):
+    layer = make_layer(f'type: "LRN" lrn_param {{ local_size: {size} alpha: 0.3 beta: 0.75 k: 1.5 }}', dtype=dtype)
+    rng = numpy.random.default_rng(11)
+    x = blob(rng.standard_normal((2, channels, 4, 3)), dtype=dtype)
+    top = empty(1, dtype)
+    layer.setup([x], top)
+    layer.forward([x], top)
+    top[0].diff[...] = rng.standard_normal(top[0].shape)
+    layer.backward(top, [True], [x])
+    scale, powered, y = (numpy.full(x.shape, numpy.nan, dtype) for _ in range(3))
+    hyper = (layer.size, layer.alpha, layer.beta)  # the proto's float32 values, as the layer passes them
+    cuda_lrn.forward(x.data, y, scale, powered, *hyper, layer.k)
+    numpy.testing.assert_allclose(y, top[0].data, **TOLERANCE[dtype])
+    dx = numpy.full(x.shape, numpy.nan, dtype)
+    cuda_lrn.backward(x.data, scale, powered, top[0].diff, dx, *hyper)
+    numpy.testing.assert_allclose(dx, x.diff, **TOLERANCE[dtype])
+    in_place = top[0].diff.copy()  # dx may be dy itself
+    cuda_lrn.backward(x.data, scale, powered, in_place, in_place, *hyper)
+    numpy.testing.assert_allclose(in_place, x.diff, **TOLERANCE[dtype])
+
+
+# -- SoftmaxWithLoss -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("extra", ["", "loss_param { ignore_label: 2 }",
+                                   "loss_param { ignore_label: 0 normalization: BATCH_SIZE }"])
+def test_softmax_loss(extra, dtype):
+    layer = make_layer(f'type: "SoftmaxWithLoss" {extra}', dtype=dtype)
+    rng = numpy.random.default_rng(13)
+    scores = blob(rng.standard_normal((3, 4, 2, 5)), dtype=dtype)
+    labels = blob(rng.integers(0, 4, (3, 2, 5)).astype(dtype), dtype=dtype)
+    top = empty(2, dtype)
+    layer.setup([scores, labels], top)
+    layer.forward([scores, labels], top)
+    top[0].diff[...] = 1.7
+    layer.backward(top, [True, False], [scores, labels])
+    prob = top[1].data.reshape(3, 4, 10)
+    ignore = layer.ignore_label
+    losses, counts = numpy.full(30, numpy.nan, dtype), numpy.full(30, numpy.nan, dtype)
+    cuda_softmax_loss.forward(prob, labels.data.reshape(-1), 4, 10, ignore, losses, counts)
+    from caffeish.layers.softmax_loss import normalizer
+    norm = normalizer(layer.normalization, 3, 10, counts.sum())
+    numpy.testing.assert_allclose(losses.sum() / norm, top[0].data, **TOLERANCE[dtype])
+    dx = numpy.full(prob.shape, numpy.nan, dtype)
+    scale = numpy.asarray([1.7 / norm], dtype)
+    cuda_softmax_loss.backward(prob, labels.data.reshape(-1), 4, 10, ignore, scale, dx)
+    numpy.testing.assert_allclose(dx.reshape(scores.shape), scores.diff, **TOLERANCE[dtype])
+
+
+# -- the fused solver updates --------------------------------------------------------------------------------
+NET = """
+layer { name: "in" type: "Input" top: "x" top: "t" input_param { shape { dim: 4 dim: 37 } shape { dim: 4 dim: 5 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" param { lr_mult: 1 decay_mult: 1 }
+        param { lr_mult: 2 decay_mult: 0 } inner_product_param { num_output: 5 } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "y" bottom: "t" top: "l" }
+"""
+SOLVERS = [("SGD", "momentum: 0.9"), ("Nesterov", "momentum: 0.95"), ("AdaGrad", "delta: 1e-7"),
+           ("RMSProp", "delta: 1e-6 rms_decay: 0.97"), ("AdaDelta", "delta: 1e-6 momentum: 0.9"),
+           ("Adam", "delta: 1e-8 momentum: 0.9 momentum2: 0.999")]
+
+
+def _solver_steps(solver_type, hyper, regularization, dtype, fused, steps=4):
+    text = f'type: "{solver_type}" base_lr: 0.05 lr_policy: "step" gamma: 0.5 stepsize: 2 display: 0 '
+    param = parse_text(text + f"{hyper} {regularization}", caffe_pb2.SolverParameter())
+    param.net_param.CopyFrom(parse_text(NET, caffe_pb2.NetParameter()))
+    solver = caffeish.get_solver(param, dtype=dtype)
+    if fused:  # every parameter through the solver type's kernel, as on the GPU
+        solver.update_param = solver.fused_cuda_update
+    rng = numpy.random.default_rng(17)
+    params = solver.net.learnable_params
+    for p in params:
+        p.data[...] = rng.standard_normal(p.shape)
+        p.data[(0,) * p.num_axes] = 0  # L1's sign(0) must stay 0
+    for _ in range(steps):
+        for p in params:
+            p.diff[...] = rng.standard_normal(p.shape)
+        solver.apply_update()
+        solver.iter += 1
+    return [a for p in params for a in (p.data, p.diff)] + [h.data for h in solver.history]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("regularization", ["weight_decay: 0.01",
+                                            'weight_decay: 0.003 regularization_type: "L1" iter_size: 3'])
+@pytest.mark.parametrize("solver_type,hyper", SOLVERS)
+def test_fused_solver_updates_equal_the_cpu_solvers_bitwise(solver_type, hyper, regularization, dtype):
+    cpu = _solver_steps(solver_type, hyper, regularization, dtype, fused=False)
+    kernel = _solver_steps(solver_type, hyper, regularization, dtype, fused=True)
+    for k, (got, want) in enumerate(zip(kernel, cpu)):
+        numpy.testing.assert_array_equal(got, want, err_msg=f"{solver_type} array {k}")
