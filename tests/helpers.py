@@ -1,7 +1,7 @@
 """Small builders shared by the tests."""
 import numpy
 
-from caffeish import Blob, caffe_pb2
+from caffeish import Blob, caffe_pb2, im2col
 from caffeish.layer import create_layer
 from caffeish.prototxt import parse_text
 
@@ -34,3 +34,18 @@ def blob(array_or_shape, dtype=numpy.float64, name="", rng=None, low=-1.0, high=
 
 def empty(n=1, dtype=numpy.float64):
     return [Blob(dtype=dtype, name=f"top{i}") for i in range(n)]
+
+
+def random_geometry(rng, nd, unit_last_stride=False):
+    """(spatial, kernel, stride, pad, dilation) with a non-empty output."""
+    while True:
+        spatial = tuple(int(v) for v in rng.integers(1, 10, size=nd))
+        kernel = tuple(int(v) for v in rng.integers(1, 5, size=nd))
+        stride = tuple(int(v) for v in rng.integers(1, 4, size=nd))
+        if unit_last_stride:
+            stride = stride[:-1] + (1,)
+        pad = tuple(int(v) for v in rng.integers(0, 3, size=nd))
+        dilation = tuple(int(v) for v in rng.integers(1, 3, size=nd))
+        out = im2col.conv_output_shape(spatial, kernel, stride, pad, dilation)
+        if all(o > 0 for o in out):
+            return spatial, kernel, stride, pad, dilation

@@ -15,7 +15,7 @@ from caffeish.layers import convolution as conv_module
 from caffeish.layers import lrn as lrn_module
 from caffeish.solvers import sgd as sgd_module
 from caffeish.prototxt import parse_text
-from helpers import blob, empty, make_layer
+from helpers import blob, empty, make_layer, random_geometry
 
 RNG = numpy.random.default_rng(20240611)
 
@@ -28,21 +28,6 @@ def threads(request, monkeypatch):
         im2col.set_num_threads(3)
         request.addfinalizer(lambda: im2col.set_num_threads(None))
     return request.param
-
-
-def random_geometry(rng, nd, unit_last_stride=False):
-    """(spatial, kernel, stride, pad, dilation) with a non-empty output."""
-    while True:
-        spatial = tuple(int(v) for v in rng.integers(1, 10, size=nd))
-        kernel = tuple(int(v) for v in rng.integers(1, 5, size=nd))
-        stride = tuple(int(v) for v in rng.integers(1, 4, size=nd))
-        if unit_last_stride:
-            stride = stride[:-1] + (1,)
-        pad = tuple(int(v) for v in rng.integers(0, 3, size=nd))
-        dilation = tuple(int(v) for v in rng.integers(1, 3, size=nd))
-        out = im2col.conv_output_shape(spatial, kernel, stride, pad, dilation)
-        if all(o > 0 for o in out):
-            return spatial, kernel, stride, pad, dilation
 
 
 # -- the plain references: one strided slice per kernel offset (the code the fast paths replaced) -----

@@ -6,16 +6,15 @@ the same kernels for real.
 import numpy
 import pytest
 
-import caffeish
-from caffeish import caffe_pb2, im2col
+from caffeish import im2col
 from caffeish.cuda import im2col as cuda_im2col
 from caffeish.cuda import kernels
 from caffeish.cuda import lrn as cuda_lrn
 from caffeish.cuda import pooling as cuda_pooling
 from caffeish.cuda import softmax_loss as cuda_softmax_loss
-from caffeish.prototxt import parse_text
 from cpu_emulation import compiler, function
-from helpers import blob, empty, make_layer
+from cuda_helpers import POOLING_CASES, REGULARIZATION, SOLVERS, solver_steps
+from helpers import blob, empty, make_layer, random_geometry
 
 pytestmark = pytest.mark.skipif(compiler() is None, reason="needs a C++ compiler (g++) to run the kernels' code")
 DTYPES = [numpy.float32, numpy.float64]
@@ -32,18 +31,7 @@ def emulated(monkeypatch):
 
 def geometries(nd, count, seed, unit_last_stride=False):
     rng = numpy.random.default_rng(seed)
-    out = []
-    while len(out) < count:
-        spatial = tuple(int(v) for v in rng.integers(1, 9, size=nd))
-        kernel = tuple(int(v) for v in rng.integers(1, 5, size=nd))
-        stride = tuple(int(v) for v in rng.integers(1, 4, size=nd))
-        if unit_last_stride:
-            stride = stride[:-1] + (1,)
-        pad = tuple(int(v) for v in rng.integers(0, 3, size=nd))
-        dilation = tuple(int(v) for v in rng.integers(1, 3, size=nd))
-        if all(o > 0 for o in im2col.conv_output_shape(spatial, kernel, stride, pad, dilation)):
-            out.append((spatial, kernel, stride, pad, dilation))
-    return out
+    return [random_geometry(rng, nd, unit_last_stride) for _ in range(count)]
 
 
 # -- im2col / col2im -----------------------------------------------------------------------------------------
@@ -78,21 +66,11 @@ def test_col2im_wide(geometry, dtype):
 
 
 # -- pooling -------------------------------------------------------------------------------------------------
-POOLING = [
-    ("kernel_size: 3 stride: 2", (2, 3, 7, 9)),
-    ("kernel_size: 3 stride: 2 pad: 1", (2, 3, 8, 5)),
-    ("kernel_h: 2 kernel_w: 3 stride_h: 1 stride_w: 2 pad_h: 1 pad_w: 0", (1, 2, 5, 6)),
-    ("kernel_size: 2 stride: 3 round_mode: FLOOR", (2, 2, 7, 7)),
-    ("kernel_size: 3 stride: 3 pad: 2", (1, 2, 5, 5)),
-    ("kernel_size: 4 stride: 1 pad: 3", (1, 1, 4, 3)),
-    ("global_pooling: true", (2, 3, 5, 7)),     # one thread per plane
-    ("global_pooling: true", (1, 2, 9, 8)),     # one block per plane: a shared-memory reduction
-]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("method", ["MAX", "AVE"])
-@pytest.mark.parametrize("params,shape", POOLING)
+@pytest.mark.parametrize("params,shape", POOLING_CASES)
 def test_pooling(params, shape, method, dtype):
     layer = make_layer(f'type: "Pooling" pooling_param {{ pool: {method} {params} }}', dtype=dtype)
     rng = numpy.random.default_rng(7)
@@ -168,43 +146,11 @@ def test_softmax_loss(extra, dtype):
 
 
 # -- the fused solver updates --------------------------------------------------------------------------------
-NET = """
-layer { name: "in" type: "Input" top: "x" top: "t" input_param { shape { dim: 4 dim: 37 } shape { dim: 4 dim: 5 } } }
-layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" param { lr_mult: 1 decay_mult: 1 }
-        param { lr_mult: 2 decay_mult: 0 } inner_product_param { num_output: 5 } }
-layer { name: "loss" type: "EuclideanLoss" bottom: "y" bottom: "t" top: "l" }
-"""
-SOLVERS = [("SGD", "momentum: 0.9"), ("Nesterov", "momentum: 0.95"), ("AdaGrad", "delta: 1e-7"),
-           ("RMSProp", "delta: 1e-6 rms_decay: 0.97"), ("AdaDelta", "delta: 1e-6 momentum: 0.9"),
-           ("Adam", "delta: 1e-8 momentum: 0.9 momentum2: 0.999")]
-
-
-def _solver_steps(solver_type, hyper, regularization, dtype, fused, steps=4):
-    text = f'type: "{solver_type}" base_lr: 0.05 lr_policy: "step" gamma: 0.5 stepsize: 2 display: 0 '
-    param = parse_text(text + f"{hyper} {regularization}", caffe_pb2.SolverParameter())
-    param.net_param.CopyFrom(parse_text(NET, caffe_pb2.NetParameter()))
-    solver = caffeish.get_solver(param, dtype=dtype)
-    if fused:  # every parameter through the solver type's kernel, as on the GPU
-        solver.update_param = solver.fused_cuda_update
-    rng = numpy.random.default_rng(17)
-    params = solver.net.learnable_params
-    for p in params:
-        p.data[...] = rng.standard_normal(p.shape)
-        p.data[(0,) * p.num_axes] = 0  # L1's sign(0) must stay 0
-    for _ in range(steps):
-        for p in params:
-            p.diff[...] = rng.standard_normal(p.shape)
-        solver.apply_update()
-        solver.iter += 1
-    return [a for p in params for a in (p.data, p.diff)] + [h.data for h in solver.history]
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("regularization", ["weight_decay: 0.01",
-                                            'weight_decay: 0.003 regularization_type: "L1" iter_size: 3'])
+@pytest.mark.parametrize("regularization", REGULARIZATION)
 @pytest.mark.parametrize("solver_type,hyper", SOLVERS)
 def test_fused_solver_updates_equal_the_cpu_solvers_bitwise(solver_type, hyper, regularization, dtype):
-    cpu = _solver_steps(solver_type, hyper, regularization, dtype, fused=False)
-    kernel = _solver_steps(solver_type, hyper, regularization, dtype, fused=True)
+    cpu = solver_steps(solver_type, hyper, regularization, dtype)
+    kernel = solver_steps(solver_type, hyper, regularization, dtype, fused=True)
     for k, (got, want) in enumerate(zip(kernel, cpu)):
         numpy.testing.assert_array_equal(got, want, err_msg=f"{solver_type} array {k}")

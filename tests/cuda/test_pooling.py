@@ -3,19 +3,10 @@ import numpy
 import pytest
 
 from caffeish import backend
-from cuda_helpers import assert_close, compiled, device_blob, needs_gpu, on_cpu_and_gpu
+from cuda_helpers import POOLING_CASES, assert_close, compiled, device_blob, needs_gpu, on_cpu_and_gpu
 from helpers import empty, make_layer
 
-CASES = [
-    ("kernel_size: 3 stride: 2", (2, 3, 7, 9)),                                    # ceil mode: last window hangs over
-    ("kernel_size: 3 stride: 2 pad: 1", (2, 3, 8, 5)),
-    ("kernel_h: 2 kernel_w: 3 stride_h: 1 stride_w: 2 pad_h: 1 pad_w: 0", (1, 2, 5, 6)),
-    ("kernel_size: 2 stride: 3 round_mode: FLOOR", (2, 2, 7, 7)),
-    ("kernel_size: 3 stride: 3 pad: 2", (1, 2, 5, 5)),                            # the padding rule drops a window
-    ("kernel_size: 4 stride: 1 pad: 3", (1, 1, 4, 3)),
-    ("global_pooling: true", (2, 3, 5, 7)),                                         # small plane: one thread each
-    ("global_pooling: true", (2, 3, 12, 13)),                                       # block reduction
-]
+CASES = POOLING_CASES
 
 
 @pytest.fixture(autouse=True)
