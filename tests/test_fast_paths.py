@@ -9,7 +9,7 @@ import numpy
 import pytest
 
 import caffeish
-from caffeish import backend, caffe_pb2, im2col, image_threads
+from caffeish import backend, caffe_pb2, im2col, image_threads, native
 from caffeish.im2col import _geometry, col2im_cm, col2im_cm_wide, im2col_cm, workspace
 from caffeish.layers import convolution as conv_module
 from caffeish.layers import lrn as lrn_module
@@ -158,10 +158,14 @@ CONV_CASES = [
 @pytest.mark.parametrize("case", CONV_CASES)
 @pytest.mark.parametrize("chunked", [False, True])
 @pytest.mark.parametrize("paths", ["best", "no-correlate", "plain"])
-@pytest.mark.parametrize("images", ["whole batch", "image threads"])
+@pytest.mark.parametrize("images", ["whole batch", "image threads", "native"])
 def test_convolution_fast_paths_match_reference(case, dtype, chunked, paths, images, threads, monkeypatch):
     shape, o, kernel, stride, pad, dilation, group = case
     monkeypatch.setattr(image_threads, "ENABLED", images == "image threads")
+    monkeypatch.setattr(conv_module, "NATIVE", images == "native")
+    native_applies = len(kernel) == 2 and set(stride) == {1}
+    if images == "native" and not (native_applies and native.library() is not None):
+        pytest.skip("the native kernels cover 2-D unit strides" if not native_applies else native.status())
     if chunked:
         monkeypatch.setattr(conv_module, "COL_BUFFER_BYTES", 1)  # one image per chunk
         monkeypatch.setattr(image_threads, "CHUNK_BYTES", 1)
@@ -177,6 +181,7 @@ def test_convolution_fast_paths_match_reference(case, dtype, chunked, paths, ima
     x = blob(shape, dtype=dtype, rng=numpy.random.default_rng(len(shape) * 7 + o))
     top = empty(dtype=dtype)
     layer.setup([x], top)
+    assert layer.native == (images == "native")
     layer.Forward([x], top)
     dy = numpy.random.default_rng(o).standard_normal(top[0].shape).astype(dtype)
     top[0].diff[...] = dy

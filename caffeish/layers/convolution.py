@@ -24,9 +24,10 @@ from ..cuda import cudnn as cuda_cudnn
 from ..blob import Blob
 from ..errors import CaffeishError
 from ..fillers import fill
-from ..im2col import (col2im_cm, col2im_cm_wide, conv_output_shape, im2col_cm, parallel_copy, parallel_for,
-                      wide_ok, wide_width, workspace)
+from ..im2col import (col2im_cm, col2im_cm_wide, conv_output_shape, im2col_cm, num_threads, parallel_copy,
+                      parallel_for, wide_ok, wide_width, workspace)
 from ..layer import Layer, register_layer
+from ..native import conv as native_conv
 
 #: Upper bound for one im2col buffer; a batch whose columns exceed it is processed in equal chunks of images
 #: (the work buffers are shared by all layers and kept, so this bounds the memory they hold; GEMMs over
@@ -38,6 +39,8 @@ TRANSPOSED_FORWARD_BELOW = 64
 WIDE_COL2IM = True
 #: Backward-data as the correlation of the top's gradient with the flipped weights (unit strides), where cheaper.
 CORRELATE_DATA_GRADIENT = True
+#: The compiled direct convolution (``caffeish.native``) for 2-D unit-stride layers on numpy arrays, where built.
+NATIVE = True
 
 
 def _spatial_values(p, name, num_spatial, default, what):
@@ -166,6 +169,8 @@ class ConvolutionLayer(Layer):
             self.num *= s
         self.out_count = _count(self.out_shape)
         self.data_path = self._data_path()
+        self.native = (NATIVE and self.num_spatial == 2 and get_array_module(bottom[0].data) is numpy
+                       and native_conv.applies(self.dtype, self.kernel, self.stride, self.pad, self.dilation))
         self.wide_width = wide_width(self.kernel, self.stride, self.pad, self.dilation, self.spatial) \
             if self.data_path == "wide" else None
         top_shape = tuple(shape[:axis]) + (self.num_output,) + self.out_shape
@@ -224,12 +229,24 @@ class ConvolutionLayer(Layer):
             x = self._as_batch(b.data)
             y = t.data.reshape(self.num, self.num_output, self.out_count)
             xp = get_array_module(x)
-            if image_threads.available(xp, self.num):
+            if self.native and xp is numpy:
+                self._forward_native(x, y, bias)
+            elif image_threads.available(xp, self.num):
                 self._forward_images(x, w, y, bias)
             elif xp is not numpy and cuda_cudnn.applies(x, self.kernel, self.stride, self.pad, self.dilation):
                 self._forward_cudnn(x, w, y, bias)
             else:
                 self._forward_chunks(x, w, y, bias)
+
+    def _forward_native(self, x, y, bias):
+        """forward by the compiled direct convolution, the images split across threads."""
+        w = self.blobs[0].data
+        y4 = y.reshape((self.num, self.num_output) + self.out_shape)
+
+        def images(lo, hi):
+            native_conv.forward(x[lo:hi], w, bias, y4[lo:hi], self.group, self.kernel, self.pad, self.dilation,
+                                self.out_shape)
+        parallel_for(self.num, images)
 
     def _forward_cudnn(self, x, w, y, bias):
         """forward by cuDNN or by the GEMMs, whichever measured faster for this shape."""
@@ -268,6 +285,9 @@ class ConvolutionLayer(Layer):
             dx = self._as_batch(b.diff) if down else None
             dw = self.blobs[0].diff.reshape(w.shape) if need_weight else None
             db = self.blobs[1].diff if need_bias else None
+            if self.native and xp is numpy:
+                self._backward_native(w, x, dy, dx, dw, db)
+                continue
             wflip = self._flipped_weights(xp, w) if down and self.data_path == "correlate" else None
             if image_threads.available(xp, self.num):
                 self._backward_images(xp, w, wflip, x, dy, dx, dw, db)
@@ -276,6 +296,40 @@ class ConvolutionLayer(Layer):
             else:
                 for start, stop in self._chunks():
                     self._backward_chunk(xp, w, wflip, x, dy, dx, start, stop, dw, db)
+
+    def _backward_native(self, w, x, dy, dx, dw, db):
+        """backward by the compiled direct convolution, the images split across threads: each part sums
+        its images' weight gradient privately, and the sums are added in order at the end.  The input's
+        gradient is the forward of the top's gradient, padded by dilation (k - 1) - pad, with the flipped
+        weights; where the padding exceeds that (a negative pad), the numpy path computes it."""
+        dy4 = dy.reshape((self.num, self.num_output) + self.out_shape)
+        back_pad = [d * (k - 1) - q for k, d, q in zip(self.kernel, self.dilation, self.pad)]
+        native_dx = dx is not None and min(back_pad) >= 0
+        if native_dx:
+            wflip = self._flipped_weights(numpy, w).reshape((self.channels, -1) + tuple(self.kernel))
+        parts = max(1, min(num_threads(), self.num))
+        bounds = [self.num * p // parts for p in range(parts + 1)]
+        sums = [_zeroed(numpy, dy.dtype, f"conv.dw.{p}", dw) for p in range(parts)]
+
+        def run(lo, hi):
+            for p in range(lo, hi):
+                a, b = bounds[p], bounds[p + 1]
+                if dw is not None:
+                    native_conv.backward_weights(x[a:b], dy4[a:b], sums[p].reshape(self.blobs[0].shape),
+                                                 self.group, self.kernel, self.pad, self.dilation, self.out_shape)
+                if native_dx:
+                    native_conv.forward(dy4[a:b], wflip, None, dx[a:b], self.group, self.kernel, back_pad,
+                                        self.dilation, self.spatial)
+        parallel_for(parts, run)
+        if dw is not None:
+            for part in sums:
+                dw += part
+        if db is not None:
+            db += dy.sum(axis=(0, 2))
+        if dx is not None and not native_dx:
+            wf = self._flipped_weights(numpy, w) if self.data_path == "correlate" else None
+            for start, stop in self._chunks():
+                self._backward_chunk(numpy, w, wf, x, dy, dx, start, stop, None, None)
 
     def _backward_cudnn(self, xp, w, wflip, x, dy, dx, dw, db):
         """backward where cuDNN is there: each pass by cuDNN or by the GEMMs, whichever measured faster."""

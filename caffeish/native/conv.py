@@ -1,0 +1,55 @@
+"""numpy front end of the native direct convolution (``conv.c``): checks, geometry, threads.
+
+``applies`` says whether a convolution can run here: two spatial axes, unit strides, float32 or
+float64 C-contiguous numpy arrays, and the library built.  The callers split the images across
+threads (ctypes releases the GIL for the call); each call handles a run of whole images.
+"""
+import numpy
+
+from . import library
+
+_SUFFIX = {numpy.dtype(numpy.float32): "f32", numpy.dtype(numpy.float64): "f64"}
+
+
+def applies(dtype, kernel, stride, pad, dilation):
+    """Whether the native kernels cover this convolution (unit strides, 2-D, float32/float64)."""
+    return (len(kernel) == 2 and all(s == 1 for s in stride) and all(q >= 0 for q in pad)
+            and numpy.dtype(dtype) in _SUFFIX and library() is not None)
+
+
+def geometry(x_shape, num_output, group, kernel, pad, dilation, out_shape):
+    """The int64 geometry vector conv.c reads: n, C, H, W, M, G, KH, KW, ph, pw, dh, dw, Ho, Wo."""
+    n, c, h, w = x_shape
+    return numpy.array([n, c, h, w, num_output, group, *kernel, *pad, *dilation, *out_shape], dtype=numpy.int64)
+
+
+def _ptr(a):
+    return None if a is None else a.ctypes.data
+
+
+def _check(a, dtype, name):
+    if a is not None and (a.dtype != dtype or not a.flags.c_contiguous):
+        raise ValueError(f"native convolution: {name} must be C-contiguous {dtype}, got {a.dtype}")
+
+
+def forward(x, w, bias, y, group, kernel, pad, dilation, out_shape):
+    """y (n, M, *out) = Caffe's grouped correlation of x (n, C, H, W) with w (M, C/group, *kernel) + bias."""
+    for a, name in ((x, "x"), (w, "w"), (bias, "bias"), (y, "y")):
+        _check(a, x.dtype, name)
+    g = geometry(x.shape, w.shape[0], group, kernel, pad, dilation, out_shape)
+    fn = getattr(library(), "caffeish_conv_forward_" + _SUFFIX[x.dtype])
+    if fn(g.ctypes.data, _ptr(x), _ptr(w), _ptr(bias), _ptr(y)):
+        raise MemoryError("native convolution: out of memory for its work buffers")
+
+
+def backward_weights(x, dy, dw, group, kernel, pad, dilation, out_shape, images_per_block=None):
+    """dw (M, C/group, *kernel) += the weight gradient of ``forward`` for x (n, C, H, W), dy (n, M, *out)."""
+    for a, name in ((x, "x"), (dy, "dy"), (dw, "dw")):
+        _check(a, x.dtype, name)
+    g = geometry(x.shape, dw.shape[0], group, kernel, pad, dilation, out_shape)
+    if images_per_block is None:  # the padded images and packed dy of a block about fill L2
+        per_image = (x[0].size * 2 + dy[0].size * 2) * x.itemsize
+        images_per_block = max(1, (1 << 20) // max(1, per_image))
+    fn = getattr(library(), "caffeish_conv_backward_weights_" + _SUFFIX[x.dtype])
+    if fn(g.ctypes.data, _ptr(x), _ptr(dy), _ptr(dw), int(images_per_block)):
+        raise MemoryError("native convolution: out of memory for its work buffers")

@@ -1,0 +1,222 @@
+/* One element type's kernels; included by conv.c with T (element type), VL (lanes) and SFX defined. */
+#define CAT2(a, b) a##_##b
+#define CAT(a, b) CAT2(a, b)
+#define F(name) CAT(name, SFX)
+#define V F(vec)
+#define VU F(uvec)
+
+typedef T V __attribute__((vector_size(VEC_BYTES)));
+typedef T VU __attribute__((vector_size(VEC_BYTES), aligned(sizeof(T))));  /* unaligned loads */
+
+/* geometry g[]: n, C, H, W, M, G, KH, KW, ph, pw, dh, dw, Ho, Wo (unit strides; Wp = W + 2 pw =
+ * Wo + dw (KW - 1), Hp = H + 2 ph = Ho + dh (KH - 1)) */
+typedef struct {
+    long n, C, H, W, M, G, KH, KW, ph, pw, dh, dw, Ho, Wo;
+    long Hp, Wp, plane, image, Cg, Mg, K, nseg;
+    long *start, *koff, *lane;  /* segment starts, per-k offsets in P, per-lane output index or -1 */
+} F(geom);
+
+static void F(geom_free)(F(geom) *q) { free(q->start); free(q->koff); free(q->lane); }
+
+static int F(geom_init)(F(geom) *q, const long *g)
+{
+    q->n = g[0]; q->C = g[1]; q->H = g[2]; q->W = g[3]; q->M = g[4]; q->G = g[5]; q->KH = g[6]; q->KW = g[7];
+    q->ph = g[8]; q->pw = g[9]; q->dh = g[10]; q->dw = g[11]; q->Ho = g[12]; q->Wo = g[13];
+    q->Hp = q->H + 2 * q->ph;
+    q->Wp = q->W + 2 * q->pw;
+    q->plane = q->Hp * q->Wp;
+    q->image = q->C * q->plane + 2 * VL;   /* slack: the last segment's lanes read past the grid */
+    q->Cg = q->C / q->G;
+    q->Mg = q->M / q->G;
+    q->K = q->Cg * q->KH * q->KW;
+    long most = q->Ho * ((q->Wo + VL - 1) / VL);
+    q->start = malloc(sizeof(long) * most);
+    q->koff = malloc(sizeof(long) * q->K);
+    q->lane = malloc(sizeof(long) * most * VL);
+    if (!q->start || !q->koff || !q->lane) { F(geom_free)(q); return -1; }
+    for (long c = 0, k = 0; c < q->Cg; c++)
+        for (long i = 0; i < q->KH; i++)
+            for (long j = 0; j < q->KW; j++, k++)
+                q->koff[k] = c * q->plane + i * q->dh * q->Wp + j * q->dw;
+    /* greedy cover of the valid outputs, in padded-grid order, by runs of VL */
+    long count = 0, end = 0;
+    for (long oy = 0; oy < q->Ho; oy++)
+        for (long ox = 0; ox < q->Wo; ox++) {
+            long at = oy * q->Wp + ox;
+            if (count && at < end) continue;
+            q->start[count++] = at;
+            end = at + VL;
+        }
+    q->nseg = count;
+    for (long s = 0; s < count; s++)
+        for (long i = 0; i < VL; i++) {
+            long at = q->start[s] + i, oy = at / q->Wp, ox = at % q->Wp;
+            q->lane[s * VL + i] = (oy < q->Ho && ox < q->Wo) ? oy * q->Wo + ox : -1;
+        }
+    return 0;
+}
+
+/* P <- image x (C, H, W) zero-padded to (C, Hp, Wp), plus zeroed slack */
+static void F(pad)(const F(geom) *q, const T *x, T *p)
+{
+    memset(p, 0, sizeof(T) * q->image);
+    for (long c = 0; c < q->C; c++)
+        for (long y = 0; y < q->H; y++)
+            memcpy(p + c * q->plane + (y + q->ph) * q->Wp + q->pw, x + (c * q->H + y) * q->W, sizeof(T) * q->W);
+}
+
+/* acc[r][v] = sum_k a[k MR + r] * P[koff[k] + s[v] .. + VL) for nv <= NV segments */
+static inline __attribute__((always_inline)) void F(fwd_tile)(const T *restrict a, long K, const T *restrict p,
+        const long *restrict koff, const long *restrict s, T *restrict out, const int nv)
+{
+    V acc[MR][NV];
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < nv; v++) acc[r][v] = (V){0};
+    for (long k = 0; k < K; k++) {
+        const T *row = p + koff[k];
+        V b[NV];
+        for (int v = 0; v < nv; v++) b[v] = *(const VU *)(row + s[v]);
+        for (int r = 0; r < MR; r++) {
+            V w = a[k * MR + r] - (V){0};  /* a broadcast: x - 0 folds to x, x + 0 does not (-0) */
+            for (int v = 0; v < nv; v++) acc[r][v] += w * b[v];
+        }
+    }
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < nv; v++) *(VU *)(out + (r * NV + v) * VL) = acc[r][v];
+}
+
+static void F(fwd_tile_any)(const T *a, long K, const T *p, const long *koff, const long *s, T *out, int nv)
+{
+    if (nv == NV) F(fwd_tile)(a, K, p, koff, s, out, NV);
+#if NV > 2
+    else if (nv == 2) F(fwd_tile)(a, K, p, koff, s, out, 2);
+#endif
+    else F(fwd_tile)(a, K, p, koff, s, out, 1);
+}
+
+/* y (n, M, Ho, Wo) = correlation of x (n, C, H, W) with w (M, C/G, KH, KW) per group, + bias (M or NULL) */
+int F(caffeish_conv_forward)(const long *g, const T *x, const T *w, const T *bias, T *y)
+{
+    F(geom) q;
+    if (F(geom_init)(&q, g)) return -1;
+    long mblocks = (q.Mg + MR - 1) / MR;
+    T *p = malloc(sizeof(T) * q.image);
+    T *a = malloc(sizeof(T) * q.G * mblocks * q.K * MR);  /* weights packed k-major in MR-row panels */
+    T tile[MR * NV * VL];
+    if (!p || !a) { free(p); free(a); F(geom_free)(&q); return -1; }
+    for (long gi = 0; gi < q.G; gi++)
+        for (long mb = 0; mb < mblocks; mb++)
+            for (long k = 0; k < q.K; k++)
+                for (long r = 0; r < MR; r++) {
+                    long m = mb * MR + r;
+                    a[((gi * mblocks + mb) * q.K + k) * MR + r] = m < q.Mg ? w[(gi * q.Mg + m) * q.K + k] : 0;
+                }
+    long out_plane = q.Ho * q.Wo;
+    for (long i = 0; i < q.n; i++) {
+        F(pad)(&q, x + i * q.C * q.H * q.W, p);
+        T *yi = y + i * q.M * out_plane;
+        for (long gi = 0; gi < q.G; gi++) {
+            const T *pg = p + gi * q.Cg * q.plane;
+            for (long s0 = 0; s0 < q.nseg; s0 += NV) {
+                int nv = q.nseg - s0 < NV ? (int)(q.nseg - s0) : NV;
+                for (long mb = 0; mb < mblocks; mb++) {
+                    F(fwd_tile_any)(a + (gi * mblocks + mb) * q.K * MR, q.K, pg, q.koff, q.start + s0, tile, nv);
+                    for (long r = 0; r < MR && mb * MR + r < q.Mg; r++) {
+                        long m = gi * q.Mg + mb * MR + r;
+                        T b = bias ? bias[m] : 0;
+                        T *ym = yi + m * out_plane;
+                        for (int v = 0; v < nv; v++) {
+                            const long *lane = q.lane + (s0 + v) * VL;
+                            for (int l = 0; l < VL; l++)
+                                if (lane[l] >= 0) ym[lane[l]] = tile[(r * NV + v) * VL + l] + b;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    free(p); free(a); F(geom_free)(&q);
+    return 0;
+}
+
+static inline T F(hsum)(V v)
+{
+    T s = 0;
+    for (int l = 0; l < VL; l++) s += v[l];
+    return s;
+}
+
+/* acc[r][j] = sum over images b and segments v of d[b][r][v] * P[b][koff[j] + start[v]]; dw[r][j] += hsum */
+static inline __attribute__((always_inline)) void F(dw_block)(const T *const *d, long dstride, const T *p,
+        long pstride, long nimg, const long *koff, const long *start, long nseg, T *dw, long ldw, int mr, int kr)
+{
+    V acc[MRW][KR];
+    for (int r = 0; r < MRW; r++)
+        for (int j = 0; j < KR; j++) acc[r][j] = (V){0};
+    for (long b = 0; b < nimg; b++) {
+        const T *pb = p + b * pstride;
+        const T *rows[KR];
+        for (int j = 0; j < KR; j++) rows[j] = pb + koff[j < kr ? j : 0];
+        for (long v = 0; v < nseg; v++) {
+            V dv[MRW], pv[KR];
+            for (int r = 0; r < MRW; r++) dv[r] = *(const V *)(d[r] + b * dstride + v * VL);
+            for (int j = 0; j < KR; j++) pv[j] = *(const VU *)(rows[j] + start[v]);
+            for (int r = 0; r < MRW; r++)
+                for (int j = 0; j < KR; j++) acc[r][j] += dv[r] * pv[j];
+        }
+    }
+    for (int r = 0; r < mr; r++)
+        for (int j = 0; j < kr; j++) dw[r * ldw + j] += F(hsum)(acc[r][j]);
+}
+
+/* dw (M, C/G, KH, KW) += the weight gradient of the forward above, from x and dy (n, M, Ho, Wo) */
+int F(caffeish_conv_backward_weights)(const long *g, const T *x, const T *dy, T *dw, long images_per_block)
+{
+    F(geom) q;
+    if (F(geom_init)(&q, g)) return -1;
+    long nb = images_per_block < 1 ? 1 : (images_per_block > q.n ? q.n : images_per_block);
+    long seg_len = q.nseg * VL, out_plane = q.Ho * q.Wo;
+    long dstride = q.M * seg_len;                            /* per image, in the packed dY */
+    T *p = malloc(sizeof(T) * nb * q.image);
+    T *d = aligned_alloc(VEC_BYTES, sizeof(T) * ((nb * dstride + VL - 1) / VL * VL));
+    if (!p || !d) { free(p); free(d); F(geom_free)(&q); return -1; }
+    for (long i0 = 0; i0 < q.n; i0 += nb) {
+        long cnt = q.n - i0 < nb ? q.n - i0 : nb;
+        for (long b = 0; b < cnt; b++) {
+            F(pad)(&q, x + (i0 + b) * q.C * q.H * q.W, p + b * q.image);
+            const T *src = dy + (i0 + b) * q.M * out_plane;
+            T *dst = d + b * dstride;
+            for (long m = 0; m < q.M; m++)
+                for (long s = 0; s < seg_len; s++) {
+                    long at = q.lane[s];
+                    dst[m * seg_len + s] = at >= 0 ? src[m * out_plane + at] : 0;
+                }
+        }
+        for (long gi = 0; gi < q.G; gi++) {
+            const T *pg = p + gi * q.Cg * q.plane;
+            for (long m0 = 0; m0 < q.Mg; m0 += MRW) {
+                int mr = q.Mg - m0 < MRW ? (int)(q.Mg - m0) : MRW;
+                const T *rows[MRW];
+                for (int r = 0; r < MRW; r++) rows[r] = d + (gi * q.Mg + m0 + (r < mr ? r : 0)) * seg_len;
+                T *dwm = dw + (gi * q.Mg + m0) * q.K;
+                for (long k0 = 0; k0 < q.K; k0 += KR) {
+                    int kr = q.K - k0 < KR ? (int)(q.K - k0) : KR;
+                    if (mr == MRW && kr == KR)
+                        F(dw_block)(rows, dstride, pg, q.image, cnt, q.koff + k0, q.start, q.nseg,
+                                    dwm + k0, q.K, MRW, KR);
+                    else
+                        F(dw_block)(rows, dstride, pg, q.image, cnt, q.koff + k0, q.start, q.nseg,
+                                    dwm + k0, q.K, mr, kr);
+                }
+            }
+        }
+    }
+    free(p); free(d); F(geom_free)(&q);
+    return 0;
+}
+
+#undef V
+#undef VU
+#undef F
+#undef CAT
+#undef CAT2

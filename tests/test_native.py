@@ -1,0 +1,148 @@
+"""The compiled direct convolution (caffeish/native): agreement with the numpy reference, the build
+and its fallbacks (switched off, no working compiler), and argument checks."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy
+import pytest
+
+from caffeish import native
+from caffeish.layers import convolution as conv_module
+from caffeish.native import conv as native_conv
+from helpers import blob, empty, make_layer
+from test_fast_paths import ref_conv
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_native = pytest.mark.skipif(native.library() is None, reason=f"native kernels: {native.status()}")
+
+
+def random_case(rng):
+    """A 2-D unit-stride convolution: odd sizes, padding (sometimes past d (k - 1)), dilation, groups."""
+    while True:
+        group = int(rng.choice([1, 1, 2, 3]))
+        channels = group * int(rng.integers(1, 5))
+        num_output = group * int(rng.integers(1, 12))
+        kernel = tuple(int(v) for v in rng.integers(1, 6, size=2))
+        pad = tuple(int(v) for v in rng.integers(0, 4, size=2))
+        dilation = tuple(int(v) for v in rng.integers(1, 3, size=2))
+        spatial = tuple(int(v) for v in rng.integers(1, 20, size=2))
+        out = [s + 2 * p - d * (k - 1) for s, p, d, k in zip(spatial, pad, dilation, kernel)]
+        if min(out) > 0:
+            shape = (int(rng.integers(1, 6)), channels) + spatial
+            return shape, num_output, kernel, pad, dilation, group
+
+
+def conv_layer(num_output, kernel, pad, dilation, group, dtype):
+    fields = " ".join([f"num_output: {num_output}", f"group: {group}", f"kernel_h: {kernel[0]}",
+                       f"kernel_w: {kernel[1]}", f"pad_h: {pad[0]}", f"pad_w: {pad[1]}"]
+                      + [f"dilation: {d}" for d in dilation])
+    return make_layer(f'type: "Convolution" convolution_param {{ {fields} weight_filler {{ type: "gaussian" '
+                      f'std: 0.5 }} bias_filler {{ type: "uniform" min: -1 max: 1 }} }}', dtype=dtype)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [numpy.float64, numpy.float32])
+@pytest.mark.parametrize("trial", range(30))
+def test_random_convolutions_match_reference(trial, dtype, monkeypatch):
+    monkeypatch.setattr(conv_module, "NATIVE", True)
+    rng = numpy.random.default_rng(1000 + trial)
+    shape, num_output, kernel, pad, dilation, group = random_case(rng)
+    layer = conv_layer(num_output, kernel, pad, dilation, group, dtype)
+    x = blob(shape, dtype=dtype, rng=rng)
+    top = empty(dtype=dtype)
+    layer.setup([x], top)
+    assert layer.native
+    layer.Forward([x], top)
+    dy = rng.standard_normal(top[0].shape).astype(dtype)
+    top[0].diff[...] = dy
+    for b in layer.blobs:
+        b.diff[...] = 0.5
+    x.diff[...] = numpy.nan
+    layer.Backward(top, [True], [x])
+    y, dw, db, dx = ref_conv(x.data, layer.blobs[0].data, layer.blobs[1].data, (1, 1), pad, dilation, group, dy)
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == numpy.float64 else dict(rtol=2e-4, atol=2e-4)
+    numpy.testing.assert_allclose(top[0].data, y, **tol)
+    numpy.testing.assert_allclose(layer.blobs[0].diff, dw + 0.5, **tol)
+    numpy.testing.assert_allclose(layer.blobs[1].diff, db + 0.5, **tol)
+    numpy.testing.assert_allclose(x.diff, dx, **tol)
+
+
+@needs_native
+def test_weight_gradient_does_not_depend_on_the_image_blocking():
+    rng = numpy.random.default_rng(7)
+    x = rng.standard_normal((5, 6, 9, 11))
+    w = numpy.zeros((4, 3, 3, 2))
+    dy = rng.standard_normal((5, 4, 9, 12))
+    sums = []
+    for block in (1, 2, 3, 5, 50):
+        dw = numpy.zeros_like(w)
+        native_conv.backward_weights(x, dy, dw, 2, (3, 2), (1, 1), (1, 1), (9, 12), images_per_block=block)
+        sums.append(dw)
+    _, ref_dw, _, _ = ref_conv(x, w, None, (1, 1), (1, 1), (1, 1), 2, dy)
+    for dw in sums:
+        numpy.testing.assert_allclose(dw, ref_dw, rtol=1e-12, atol=1e-12)
+
+
+@needs_native
+def test_arrays_must_be_contiguous_and_of_one_dtype():
+    x = numpy.zeros((2, 3, 8, 8), numpy.float32)
+    w = numpy.zeros((4, 3, 3, 3), numpy.float32)
+    y = numpy.zeros((2, 4, 6, 6), numpy.float32)
+    with pytest.raises(ValueError, match="w must be C-contiguous float32"):
+        native_conv.forward(x, w.astype(numpy.float64), None, y, 1, (3, 3), (0, 0), (1, 1), (6, 6))
+    with pytest.raises(ValueError, match="x must be C-contiguous"):
+        native_conv.forward(x[:, :, ::2, ::2].repeat(2, 2)[..., ::2], w, None, y, 1, (3, 3), (0, 0), (1, 1), (6, 6))
+
+
+def run_python(code, **env):
+    full = dict(os.environ, PYTHONPATH=str(ROOT), **env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, timeout=300)
+
+
+NET_CHECK = """
+import numpy, warnings
+from caffeish import native
+from caffeish.layers import convolution
+from helpers import blob, empty
+from test_native import conv_layer
+warnings.simplefilter("always")
+layer = conv_layer(3, (3, 3), (1, 1), (1, 1), 1, numpy.float64)
+x = blob((2, 2, 5, 5))
+top = empty()
+layer.setup([x], top)
+layer.Forward([x], top)
+print("native", layer.native, "|", native.status())
+"""
+
+
+def test_switched_off_runs_the_numpy_paths(tmp_path):
+    result = run_python(f"import sys; sys.path[:0] = [{str(ROOT / 'tests')!r}]\n" + NET_CHECK,
+                        CAFFEISH_NATIVE="0", CAFFEISH_CACHE_DIR=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "native False | off (CAFFEISH_NATIVE=0): numpy paths" in result.stdout
+    assert not list(tmp_path.iterdir())  # nothing was built
+
+
+def test_a_failing_compiler_warns_once_and_runs_the_numpy_paths(tmp_path):
+    result = run_python(f"import sys; sys.path[:0] = [{str(ROOT / 'tests')!r}]\n" + NET_CHECK,
+                        CC="false", CAFFEISH_CACHE_DIR=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "native False | could not build the native kernels (false failed: exit status 1): numpy paths" \
+        in result.stdout
+    assert result.stderr.count("RuntimeWarning: caffeish: could not build the native kernels") == 1
+    assert not list(tmp_path.iterdir())  # no half-written library left behind
+
+
+@needs_native
+def test_the_build_is_cached_and_reused(tmp_path):
+    code = "from caffeish import native; print(native.status())"
+    first = run_python(code, CAFFEISH_CACHE_DIR=str(tmp_path))
+    assert first.returncode == 0, first.stderr
+    built = list(tmp_path.iterdir())
+    assert len(built) == 1 and built[0].suffix == ".so" and built[0].name in first.stdout
+    stamp = built[0].stat().st_mtime_ns
+    second = run_python(code, CAFFEISH_CACHE_DIR=str(tmp_path))
+    assert second.stdout == first.stdout
+    assert list(tmp_path.iterdir()) == built and built[0].stat().st_mtime_ns == stamp
