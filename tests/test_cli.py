@@ -23,6 +23,10 @@ def test_time_prints_caffe_shaped_report():
     assert "*** Benchmark begins ***" in out and "*** Benchmark ends ***" in out
     assert re.search(r"\]\s+conv1\tforward: [\d.e+-]+ ms\.", out)
     assert re.search(r"\]\s+conv1\tbackward: [\d.e+-]+ ms\.", out)
+    # LeNet's two convolutions have unit strides: the native kernels run them where they could be built
+    assert re.search(r"Native direct convolution: (caffeish_native_\w+\.so \(\d+-bit vectors, .+\); used by 2 "
+                     r"of 2 Convolution layers \(conv1, conv2\)|.*numpy paths; used by 0 of 2 Convolution layers)$",
+                     out, re.M)
     for line in ("Average Forward pass:", "Average Backward pass:", "Average Forward-Backward:", "Total Time:"):
         assert line in out
     # glog's line shape: I1128 13:11:07.123456  1234 file.py:12] message

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy
 import pytest
 
-from caffeish import native
+from caffeish import im2col, native
 from caffeish.layers import convolution as conv_module
 from caffeish.native import conv as native_conv
 from helpers import blob, empty, make_layer
@@ -16,6 +16,16 @@ from test_fast_paths import ref_conv
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_native = pytest.mark.skipif(native.library() is None, reason=f"native kernels: {native.status()}")
+
+
+@pytest.fixture(params=[1, 2, 8])
+def threads(request, monkeypatch):
+    """1 and 2 threads deal out whole images; 8 outnumber the images (1-5), which the threads then share.
+    The threads split even the smallest work here."""
+    monkeypatch.setattr(im2col, "PARALLEL_MIN_ELEMENTS", 1)
+    im2col.set_num_threads(request.param)
+    yield request.param
+    im2col.set_num_threads(None)
 
 
 def random_case(rng):
@@ -45,7 +55,7 @@ def conv_layer(num_output, kernel, pad, dilation, group, dtype):
 @needs_native
 @pytest.mark.parametrize("dtype", [numpy.float64, numpy.float32])
 @pytest.mark.parametrize("trial", range(30))
-def test_random_convolutions_match_reference(trial, dtype, monkeypatch):
+def test_random_convolutions_match_reference(trial, dtype, threads, monkeypatch):
     monkeypatch.setattr(conv_module, "NATIVE", True)
     rng = numpy.random.default_rng(1000 + trial)
     shape, num_output, kernel, pad, dilation, group = random_case(rng)
@@ -103,7 +113,7 @@ def run_python(code, **env):
 
 NET_CHECK = """
 import numpy, warnings
-from caffeish import native
+from caffeish import im2col, native
 from caffeish.layers import convolution
 from helpers import blob, empty
 from test_native import conv_layer

@@ -4,7 +4,7 @@ import time
 
 import click
 
-from .. import backend
+from .. import backend, native
 from ..net import Net
 from . import register_command
 from .common import gpu_option, level_option, parse_phase, parse_stages, select_device, stage_option
@@ -113,6 +113,11 @@ def time_command(model, iterations, phase, level, stage, gpu):
     net.backward_from_to()
     peak = gemm_peak()
     log.info("GEMM peak: %.1f GFLOP/s (float32 1024 x 1024 matmul)", peak)
+    convs = [layer for layer in net.layers if layer.type == "Convolution"]
+    if convs:
+        direct = [layer.name for layer in convs if getattr(layer, "native", False)]
+        log.info("Native direct convolution: %s; used by %d of %d Convolution layers%s", native.status(),
+                 len(direct), len(convs), f" ({', '.join(direct)})" if direct else "")
     log.info("*** Benchmark begins ***")
     log.info("Testing for %d iterations.", iterations)
     t0 = time.perf_counter()

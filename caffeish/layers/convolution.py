@@ -238,15 +238,35 @@ class ConvolutionLayer(Layer):
             else:
                 self._forward_chunks(x, w, y, bias)
 
+    def _native_parts(self):
+        """(parts, by_image): the threads' shares -- runs of whole images when there are enough images,
+        else each image's outputs (forward) and output channels (weight gradient) dealt out."""
+        threads = num_threads()
+        if self.num >= threads or self.num == 0:
+            parts = max(1, min(threads, self.num))
+            return parts, [self.num * p // parts for p in range(parts + 1)]
+        return threads, None
+
     def _forward_native(self, x, y, bias):
-        """forward by the compiled direct convolution, the images split across threads."""
+        """forward by the compiled direct convolution, on all threads."""
         w = self.blobs[0].data
         y4 = y.reshape((self.num, self.num_output) + self.out_shape)
+        geometry = (self.group, self.kernel, self.pad, self.dilation, self.out_shape)
+        parts, bounds = self._native_parts()
 
-        def images(lo, hi):
-            native_conv.forward(x[lo:hi], w, bias, y4[lo:hi], self.group, self.kernel, self.pad, self.dilation,
-                                self.out_shape)
-        parallel_for(self.num, images)
+        def run(lo, hi):
+            for p in range(lo, hi):
+                if bounds is None:
+                    native_conv.forward(x, w, bias, y4, *geometry, part=p, parts=parts)
+                else:
+                    a, b = bounds[p], bounds[p + 1]
+                    native_conv.forward(x[a:b], w, bias, y4[a:b], *geometry)
+        parallel_for(parts, run, self._native_work())
+
+    def _native_work(self):
+        """The forward's multiply-adds, in the units of ``parallel_for``'s threshold: a split pays from about
+        two million (some 20 us of one core; a thread's hand-off costs tens of microseconds)."""
+        return self.num * self.num_output * self.out_count * (self.channels // self.group) * _count(self.kernel) // 16
 
     def _forward_cudnn(self, x, w, y, bias):
         """forward by cuDNN or by the GEMMs, whichever measured faster for this shape."""
@@ -298,32 +318,36 @@ class ConvolutionLayer(Layer):
                     self._backward_chunk(xp, w, wflip, x, dy, dx, start, stop, dw, db)
 
     def _backward_native(self, w, x, dy, dx, dw, db):
-        """backward by the compiled direct convolution, the images split across threads: each part sums
-        its images' weight gradient privately, and the sums are added in order at the end.  The input's
-        gradient is the forward of the top's gradient, padded by dilation (k - 1) - pad, with the flipped
-        weights; where the padding exceeds that (a negative pad), the numpy path computes it."""
+        """backward by the compiled direct convolution, on all threads.  Split by images, each part sums
+        its images' weight gradient privately and the sums are added in order at the end; split within
+        the images, the parts add into disjoint rows.  The input's gradient is the forward of the top's
+        gradient, padded by dilation (k - 1) - pad, with the flipped weights; where the padding exceeds
+        that (a negative pad), the numpy path computes it."""
         dy4 = dy.reshape((self.num, self.num_output) + self.out_shape)
         back_pad = [d * (k - 1) - q for k, d, q in zip(self.kernel, self.dilation, self.pad)]
         native_dx = dx is not None and min(back_pad) >= 0
         if native_dx:
             wflip = self._flipped_weights(numpy, w).reshape((self.channels, -1) + tuple(self.kernel))
-        parts = max(1, min(num_threads(), self.num))
-        bounds = [self.num * p // parts for p in range(parts + 1)]
-        sums = [_zeroed(numpy, dy.dtype, f"conv.dw.{p}", dw) for p in range(parts)]
+        parts, bounds = self._native_parts()
+        if dw is not None:
+            sums = [_zeroed(numpy, dy.dtype, f"conv.dw.{p}", dw).reshape(self.blobs[0].shape)
+                    for p in range(parts)] if bounds else [dw.reshape(self.blobs[0].shape)] * parts
+        geometry = (self.group, self.kernel)
 
         def run(lo, hi):
             for p in range(lo, hi):
-                a, b = bounds[p], bounds[p + 1]
+                a, b = (bounds[p], bounds[p + 1]) if bounds else (0, self.num)
+                share = {} if bounds else {"part": p, "parts": parts}
                 if dw is not None:
-                    native_conv.backward_weights(x[a:b], dy4[a:b], sums[p].reshape(self.blobs[0].shape),
-                                                 self.group, self.kernel, self.pad, self.dilation, self.out_shape)
+                    native_conv.backward_weights(x[a:b], dy4[a:b], sums[p], *geometry, self.pad, self.dilation,
+                                                 self.out_shape, **share)
                 if native_dx:
-                    native_conv.forward(dy4[a:b], wflip, None, dx[a:b], self.group, self.kernel, back_pad,
-                                        self.dilation, self.spatial)
-        parallel_for(parts, run)
-        if dw is not None:
+                    native_conv.forward(dy4[a:b], wflip, None, dx[a:b], *geometry, back_pad, self.dilation,
+                                        self.spatial, **share)
+        parallel_for(parts, run, self._native_work())
+        if dw is not None and bounds:
             for part in sums:
-                dw += part
+                dw += part.reshape(dw.shape)
         if db is not None:
             db += dy.sum(axis=(0, 2))
         if dx is not None and not native_dx:

@@ -141,8 +141,8 @@ def _build(cc, here, target):
 def _declare(lib):
     p, lng = ctypes.c_void_p, ctypes.c_long
     for sfx in ("f32", "f64"):
-        getattr(lib, f"caffeish_conv_forward_{sfx}").argtypes = [p, p, p, p, p]
-        getattr(lib, f"caffeish_conv_backward_weights_{sfx}").argtypes = [p, p, p, p, lng]
+        getattr(lib, f"caffeish_conv_forward_{sfx}").argtypes = [p, p, p, p, p, lng, lng]
+        getattr(lib, f"caffeish_conv_backward_weights_{sfx}").argtypes = [p, p, p, p, lng, lng, lng]
         getattr(lib, f"caffeish_conv_forward_{sfx}").restype = ctypes.c_int
         getattr(lib, f"caffeish_conv_backward_weights_{sfx}").restype = ctypes.c_int
     lib.caffeish_native_vector_bytes.restype = ctypes.c_int

@@ -23,14 +23,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifndef VEC_BYTES
 #if defined(__AVX__) || defined(__aarch64__)
 #define VEC_BYTES 32
 #else
 #define VEC_BYTES 16
 #endif
+#endif
 
 /* Register blocking: accumulators + operands must fit the vector registers (32 with AVX-512 or
  * on aarch64, 16 otherwise; a 32-byte vector is two NEON registers). */
+#ifndef MR
 #if defined(__AVX512VL__)
 #define MR 8
 #define NV 3
@@ -41,6 +44,7 @@
 #define NV 3
 #define MRW 2
 #define KR 4
+#endif
 #endif
 
 #define T float

@@ -8,6 +8,9 @@ import numpy
 
 from . import library
 
+#: Work-buffer bytes for the weight gradient's block of padded images and packed top gradients.
+BLOCK_BYTES = 8 << 20
+
 _SUFFIX = {numpy.dtype(numpy.float32): "f32", numpy.dtype(numpy.float64): "f64"}
 
 
@@ -32,24 +35,31 @@ def _check(a, dtype, name):
         raise ValueError(f"native convolution: {name} must be C-contiguous {dtype}, got {a.dtype}")
 
 
-def forward(x, w, bias, y, group, kernel, pad, dilation, out_shape):
-    """y (n, M, *out) = Caffe's grouped correlation of x (n, C, H, W) with w (M, C/group, *kernel) + bias."""
+def forward(x, w, bias, y, group, kernel, pad, dilation, out_shape, part=0, parts=1):
+    """y (n, M, *out) = Caffe's grouped correlation of x (n, C, H, W) with w (M, C/group, *kernel) + bias.
+
+    With ``parts`` > 1, only part ``part`` of every image's output positions is computed (threads
+    sharing the same images write disjoint outputs)."""
     for a, name in ((x, "x"), (w, "w"), (bias, "bias"), (y, "y")):
         _check(a, x.dtype, name)
     g = geometry(x.shape, w.shape[0], group, kernel, pad, dilation, out_shape)
     fn = getattr(library(), "caffeish_conv_forward_" + _SUFFIX[x.dtype])
-    if fn(g.ctypes.data, _ptr(x), _ptr(w), _ptr(bias), _ptr(y)):
+    if fn(g.ctypes.data, _ptr(x), _ptr(w), _ptr(bias), _ptr(y), int(part), int(parts)):
         raise MemoryError("native convolution: out of memory for its work buffers")
 
 
-def backward_weights(x, dy, dw, group, kernel, pad, dilation, out_shape, images_per_block=None):
-    """dw (M, C/group, *kernel) += the weight gradient of ``forward`` for x (n, C, H, W), dy (n, M, *out)."""
+def backward_weights(x, dy, dw, group, kernel, pad, dilation, out_shape, images_per_block=None, part=0, parts=1):
+    """dw (M, C/group, *kernel) += the weight gradient of ``forward`` for x (n, C, H, W), dy (n, M, *out).
+
+    With ``parts`` > 1, only part ``part`` of each group's output channels (rows of dw) is computed."""
     for a, name in ((x, "x"), (dy, "dy"), (dw, "dw")):
         _check(a, x.dtype, name)
     g = geometry(x.shape, dw.shape[0], group, kernel, pad, dilation, out_shape)
-    if images_per_block is None:  # the padded images and packed dy of a block about fill L2
+    if images_per_block is None:
+        # the kernel sums a block of images before reducing its vector accumulators: larger blocks
+        # spread that cost (CIFAR-10's 8x8 layer: 42 GFLOP/s with one image, 92 with 16), within a budget
         per_image = (x[0].size * 2 + dy[0].size * 2) * x.itemsize
-        images_per_block = max(1, (1 << 20) // max(1, per_image))
+        images_per_block = max(1, min(16, BLOCK_BYTES // max(1, per_image)))
     fn = getattr(library(), "caffeish_conv_backward_weights_" + _SUFFIX[x.dtype])
-    if fn(g.ctypes.data, _ptr(x), _ptr(dy), _ptr(dw), int(images_per_block)):
+    if fn(g.ctypes.data, _ptr(x), _ptr(dy), _ptr(dw), int(images_per_block), int(part), int(parts)):
         raise MemoryError("native convolution: out of memory for its work buffers")

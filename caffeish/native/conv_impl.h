@@ -65,75 +65,101 @@ static void F(pad)(const F(geom) *q, const T *x, T *p)
             memcpy(p + c * q->plane + (y + q->ph) * q->Wp + q->pw, x + (c * q->H + y) * q->W, sizeof(T) * q->W);
 }
 
-/* acc[r][v] = sum_k a[k MR + r] * P[koff[k] + s[v] .. + VL) for nv <= NV segments */
+/* acc[r][v] = sum_k a[k mr + r] * P[koff[k] + s[v] .. + VL) for mr <= MR rows and nv <= NV segments */
 static inline __attribute__((always_inline)) void F(fwd_tile)(const T *restrict a, long K, const T *restrict p,
-        const long *restrict koff, const long *restrict s, T *restrict out, const int nv)
+        const long *restrict koff, const long *restrict s, T *restrict out, const int mr, const int nv)
 {
     V acc[MR][NV];
-    for (int r = 0; r < MR; r++)
+    for (int r = 0; r < mr; r++)
         for (int v = 0; v < nv; v++) acc[r][v] = (V){0};
     for (long k = 0; k < K; k++) {
         const T *row = p + koff[k];
         V b[NV];
         for (int v = 0; v < nv; v++) b[v] = *(const VU *)(row + s[v]);
-        for (int r = 0; r < MR; r++) {
-            V w = a[k * MR + r] - (V){0};  /* a broadcast: x - 0 folds to x, x + 0 does not (-0) */
+        for (int r = 0; r < mr; r++) {
+            V w = a[k * mr + r] - (V){0};  /* a broadcast: x - 0 folds to x, x + 0 does not (-0) */
             for (int v = 0; v < nv; v++) acc[r][v] += w * b[v];
         }
     }
-    for (int r = 0; r < MR; r++)
+    for (int r = 0; r < mr; r++)
         for (int v = 0; v < nv; v++) *(VU *)(out + (r * NV + v) * VL) = acc[r][v];
 }
 
-static void F(fwd_tile_any)(const T *a, long K, const T *p, const long *koff, const long *s, T *out, int nv)
+#define FWD_NV(mr) do { \
+        if (nv == NV) F(fwd_tile)(a, K, p, koff, s, out, mr, NV); \
+        else if (nv == 2) F(fwd_tile)(a, K, p, koff, s, out, mr, 2); \
+        else F(fwd_tile)(a, K, p, koff, s, out, mr, 1); \
+    } while (0)
+
+/* The specialisations: full MR-row blocks, and a half block for the last rows (few output channels,
+ * e.g. an RGB input's gradient, would otherwise multiply mostly zero rows). */
+static inline __attribute__((always_inline)) void F(fwd_tile_any)(const T *a, long K, const T *p, const long *koff,
+        const long *s, T *out, int mr, int nv)
 {
-    if (nv == NV) F(fwd_tile)(a, K, p, koff, s, out, NV);
-#if NV > 2
-    else if (nv == 2) F(fwd_tile)(a, K, p, koff, s, out, 2);
-#endif
-    else F(fwd_tile)(a, K, p, koff, s, out, 1);
+    if (mr == MR) FWD_NV(MR);
+    else FWD_NV(MR / 2);
+}
+#undef FWD_NV
+
+/* rows in the block starting at m0: MR, or MR / 2 when that covers what is left */
+static inline int F(block_rows)(long left) { return left <= MR / 2 ? MR / 2 : MR; }
+
+/* y rows m0 .. m0 + rows of one image <- a tile's accumulators (+ bias); lanes off the outputs dropped */
+static inline __attribute__((always_inline)) void F(store_tile)(const F(geom) *q, const T *tile, long t, int nv, long m0, long rows, const T *bias, T *yi)
+{
+    long out_plane = q->Ho * q->Wo;
+    for (long r = 0; r < rows; r++) {
+        T b = bias ? bias[m0 + r] : 0;
+        T *ym = yi + (m0 + r) * out_plane;
+        for (int v = 0; v < nv; v++) {
+            const long *lane = q->lane + (t * NV + v) * VL;
+            const T *src = tile + (r * NV + v) * VL;
+            if (lane[0] >= 0 && lane[VL - 1] == lane[0] + VL - 1) {  /* within one output row */
+                *(VU *)(ym + lane[0]) = *(const VU *)src + b;
+                continue;
+            }
+            for (int l = 0; l < VL; l++)
+                if (lane[l] >= 0) ym[lane[l]] = src[l] + b;
+        }
+    }
 }
 
-/* y (n, M, Ho, Wo) = correlation of x (n, C, H, W) with w (M, C/G, KH, KW) per group, + bias (M or NULL) */
-int F(caffeish_conv_forward)(const long *g, const T *x, const T *w, const T *bias, T *y)
+/* y (n, M, Ho, Wo) = correlation of x (n, C, H, W) with w (M, C/G, KH, KW) per group, + bias (M or NULL).
+ * Part `part` of `parts`: each image's tiles of segments are dealt out, so that threads can share an image.
+ * (Blocking K for the caches measured no faster, even on VGG's 224-px layers: the weight panels stream.) */
+int F(caffeish_conv_forward)(const long *g, const T *x, const T *w, const T *bias, T *y, long part, long parts)
 {
     F(geom) q;
     if (F(geom_init)(&q, g)) return -1;
-    long mblocks = (q.Mg + MR - 1) / MR;
+    long mblocks = (q.Mg + MR - 1) / MR, ntiles = (q.nseg + NV - 1) / NV;
+    long t_lo = ntiles * part / parts, t_hi = ntiles * (part + 1) / parts;
     T *p = malloc(sizeof(T) * q.image);
-    T *a = malloc(sizeof(T) * q.G * mblocks * q.K * MR);  /* weights packed k-major in MR-row panels */
+    T *a = malloc(sizeof(T) * q.G * mblocks * q.K * MR);  /* weights packed k-major in row panels */
     T tile[MR * NV * VL];
     if (!p || !a) { free(p); free(a); F(geom_free)(&q); return -1; }
     for (long gi = 0; gi < q.G; gi++)
-        for (long mb = 0; mb < mblocks; mb++)
+        for (long mb = 0; mb < mblocks; mb++) {
+            int mr = F(block_rows)(q.Mg - mb * MR);
+            T *panel = a + (gi * mblocks + mb) * q.K * MR;
             for (long k = 0; k < q.K; k++)
-                for (long r = 0; r < MR; r++) {
+                for (long r = 0; r < mr; r++) {
                     long m = mb * MR + r;
-                    a[((gi * mblocks + mb) * q.K + k) * MR + r] = m < q.Mg ? w[(gi * q.Mg + m) * q.K + k] : 0;
+                    panel[k * mr + r] = m < q.Mg ? w[(gi * q.Mg + m) * q.K + k] : 0;
                 }
-    long out_plane = q.Ho * q.Wo;
+        }
     for (long i = 0; i < q.n; i++) {
         F(pad)(&q, x + i * q.C * q.H * q.W, p);
-        T *yi = y + i * q.M * out_plane;
-        for (long gi = 0; gi < q.G; gi++) {
-            const T *pg = p + gi * q.Cg * q.plane;
-            for (long s0 = 0; s0 < q.nseg; s0 += NV) {
-                int nv = q.nseg - s0 < NV ? (int)(q.nseg - s0) : NV;
+        T *yi = y + i * q.M * q.Ho * q.Wo;
+        for (long gi = 0; gi < q.G; gi++)
+            for (long t = t_lo; t < t_hi; t++) {
+                int nv = q.nseg - t * NV < NV ? (int)(q.nseg - t * NV) : NV;
                 for (long mb = 0; mb < mblocks; mb++) {
-                    F(fwd_tile_any)(a + (gi * mblocks + mb) * q.K * MR, q.K, pg, q.koff, q.start + s0, tile, nv);
-                    for (long r = 0; r < MR && mb * MR + r < q.Mg; r++) {
-                        long m = gi * q.Mg + mb * MR + r;
-                        T b = bias ? bias[m] : 0;
-                        T *ym = yi + m * out_plane;
-                        for (int v = 0; v < nv; v++) {
-                            const long *lane = q.lane + (s0 + v) * VL;
-                            for (int l = 0; l < VL; l++)
-                                if (lane[l] >= 0) ym[lane[l]] = tile[(r * NV + v) * VL + l] + b;
-                        }
-                    }
+                    F(fwd_tile_any)(a + (gi * mblocks + mb) * q.K * MR, q.K, p + gi * q.Cg * q.plane, q.koff,
+                                    q.start + t * NV, tile, F(block_rows)(q.Mg - mb * MR), nv);
+                    F(store_tile)(&q, tile, t, nv, gi * q.Mg + mb * MR, q.Mg - mb * MR < MR ? q.Mg - mb * MR : MR,
+                                  bias, yi);
                 }
             }
-        }
     }
     free(p); free(a); F(geom_free)(&q);
     return 0;
@@ -169,33 +195,40 @@ static inline __attribute__((always_inline)) void F(dw_block)(const T *const *d,
         for (int j = 0; j < kr; j++) dw[r * ldw + j] += F(hsum)(acc[r][j]);
 }
 
-/* dw (M, C/G, KH, KW) += the weight gradient of the forward above, from x and dy (n, M, Ho, Wo) */
-int F(caffeish_conv_backward_weights)(const long *g, const T *x, const T *dy, T *dw, long images_per_block)
+/* dw (M, C/G, KH, KW) += the weight gradient of the forward above, from x and dy (n, M, Ho, Wo).
+ * Part `part` of `parts`: the output channels of every group are dealt out in MRW-row blocks, so that
+ * threads sharing the same images add into disjoint rows of dw. */
+int F(caffeish_conv_backward_weights)(const long *g, const T *x, const T *dy, T *dw, long images_per_block,
+                                      long part, long parts)
 {
     F(geom) q;
     if (F(geom_init)(&q, g)) return -1;
     long nb = images_per_block < 1 ? 1 : (images_per_block > q.n ? q.n : images_per_block);
     long seg_len = q.nseg * VL, out_plane = q.Ho * q.Wo;
     long dstride = q.M * seg_len;                            /* per image, in the packed dY */
+    long mblocks = (q.Mg + MRW - 1) / MRW;
+    long m_lo = mblocks * part / parts * MRW, m_hi = mblocks * (part + 1) / parts * MRW;
+    m_hi = m_hi < q.Mg ? m_hi : q.Mg;
     T *p = malloc(sizeof(T) * nb * q.image);
     T *d = aligned_alloc(VEC_BYTES, sizeof(T) * ((nb * dstride + VL - 1) / VL * VL));
     if (!p || !d) { free(p); free(d); F(geom_free)(&q); return -1; }
-    for (long i0 = 0; i0 < q.n; i0 += nb) {
+    for (long i0 = 0; i0 < q.n && m_lo < m_hi; i0 += nb) {
         long cnt = q.n - i0 < nb ? q.n - i0 : nb;
         for (long b = 0; b < cnt; b++) {
             F(pad)(&q, x + (i0 + b) * q.C * q.H * q.W, p + b * q.image);
             const T *src = dy + (i0 + b) * q.M * out_plane;
             T *dst = d + b * dstride;
-            for (long m = 0; m < q.M; m++)
-                for (long s = 0; s < seg_len; s++) {
-                    long at = q.lane[s];
-                    dst[m * seg_len + s] = at >= 0 ? src[m * out_plane + at] : 0;
-                }
+            for (long gi = 0; gi < q.G; gi++)
+                for (long m = gi * q.Mg + m_lo; m < gi * q.Mg + m_hi; m++)
+                    for (long s = 0; s < seg_len; s++) {
+                        long at = q.lane[s];
+                        dst[m * seg_len + s] = at >= 0 ? src[m * out_plane + at] : 0;
+                    }
         }
         for (long gi = 0; gi < q.G; gi++) {
             const T *pg = p + gi * q.Cg * q.plane;
-            for (long m0 = 0; m0 < q.Mg; m0 += MRW) {
-                int mr = q.Mg - m0 < MRW ? (int)(q.Mg - m0) : MRW;
+            for (long m0 = m_lo; m0 < m_hi; m0 += MRW) {
+                int mr = m_hi - m0 < MRW ? (int)(m_hi - m0) : MRW;
                 const T *rows[MRW];
                 for (int r = 0; r < MRW; r++) rows[r] = d + (gi * q.Mg + m0 + (r < mr ? r : 0)) * seg_len;
                 T *dwm = dw + (gi * q.Mg + m0) * q.K;
