@@ -107,7 +107,8 @@ def test_arrays_must_be_contiguous_and_of_one_dtype():
 
 
 def run_python(code, **env):
-    full = dict(os.environ, PYTHONPATH=str(ROOT), **env)
+    full = {k: v for k, v in os.environ.items() if k not in ("CAFFEISH_CACHE_DIR", "CAFFEISH_NATIVE", "CC")}
+    full.update(PYTHONPATH=str(ROOT), **env)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, timeout=300)
 
 
@@ -156,3 +157,16 @@ def test_the_build_is_cached_and_reused(tmp_path):
     second = run_python(code, CAFFEISH_CACHE_DIR=str(tmp_path))
     assert second.stdout == first.stdout
     assert list(tmp_path.iterdir()) == built and built[0].stat().st_mtime_ns == stamp
+
+
+@needs_native
+def test_an_unwritable_cache_falls_back_to_the_temp_directory(tmp_path):
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    result = run_python("from caffeish import native; print(native.status())", XDG_CACHE_HOME=str(not_a_folder),
+                        TMPDIR=str(temp))
+    assert result.returncode == 0 and not result.stderr, result.stderr
+    built = list(temp.glob("caffeish-*/caffeish_native_*.so"))
+    assert len(built) == 1 and built[0].name in result.stdout

@@ -69,6 +69,15 @@ def _cache_dir():
     return Path(base) / "caffeish"
 
 
+def _cache_dirs():
+    """Where to build: the cache directory, then (a read-only home) a per-user folder in the temp directory."""
+    folders = [_cache_dir()]
+    if not os.environ.get("CAFFEISH_CACHE_DIR"):
+        user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
+        folders.append(Path(tempfile.gettempdir()) / f"caffeish-{user}")
+    return folders
+
+
 def _cpu_signature():
     """The CPU's model and feature flags: a library built with -march=native only runs where they match."""
     try:
@@ -95,13 +104,16 @@ def _load():
         digest.update(part.read_bytes())
     for text in (version, " ".join(cc + list(FLAGS)), _cpu_signature()):
         digest.update(text.encode())
-    target = _cache_dir() / f"caffeish_native_{digest.hexdigest()[:20]}.so"
-    if not target.exists():
-        error = _build(cc, here, target)
-        if error:
-            _state["status"] = f"could not build the native kernels ({error}): numpy paths"
-            warnings.warn(f"caffeish: {_state['status']}", RuntimeWarning, stacklevel=3)
-            return None
+    name = f"caffeish_native_{digest.hexdigest()[:20]}.so"
+    for folder in _cache_dirs():
+        target = folder / name
+        error = None if target.exists() else _build(cc, here, target)
+        if error is None or not error.startswith("cache directory"):
+            break  # built, or a compiler error that another folder would not mend
+    if error:
+        _state["status"] = f"could not build the native kernels ({error}): numpy paths"
+        warnings.warn(f"caffeish: {_state['status']}", RuntimeWarning, stacklevel=3)
+        return None
     try:
         lib = ctypes.CDLL(str(target))
     except OSError as e:
