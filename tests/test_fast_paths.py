@@ -163,9 +163,11 @@ def test_convolution_fast_paths_match_reference(case, dtype, chunked, paths, ima
     shape, o, kernel, stride, pad, dilation, group = case
     monkeypatch.setattr(image_threads, "ENABLED", images == "image threads")
     monkeypatch.setattr(conv_module, "NATIVE", images == "native")
-    native_applies = len(kernel) == 2 and set(stride) == {1}
+    phases = native.conv.StridePhases(kernel, stride, pad, (1, 1)) if len(kernel) == 2 else None
+    native_applies = phases is not None and (set(stride) == {1} or (
+        set(dilation) == {1} and phases.waste <= conv_module.NATIVE_STRIDED_WASTE))
     if images == "native" and not (native_applies and native.library() is not None):
-        pytest.skip("the native kernels cover 2-D unit strides" if not native_applies else native.status())
+        pytest.skip("not a 2-D convolution the native kernels take" if not native_applies else native.status())
     if chunked:
         monkeypatch.setattr(conv_module, "COL_BUFFER_BYTES", 1)  # one image per chunk
         monkeypatch.setattr(image_threads, "CHUNK_BYTES", 1)

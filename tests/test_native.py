@@ -44,10 +44,10 @@ def random_case(rng):
             return shape, num_output, kernel, pad, dilation, group
 
 
-def conv_layer(num_output, kernel, pad, dilation, group, dtype):
+def conv_layer(num_output, kernel, pad, dilation, group, dtype, stride=(1, 1)):
     fields = " ".join([f"num_output: {num_output}", f"group: {group}", f"kernel_h: {kernel[0]}",
-                       f"kernel_w: {kernel[1]}", f"pad_h: {pad[0]}", f"pad_w: {pad[1]}"]
-                      + [f"dilation: {d}" for d in dilation])
+                       f"kernel_w: {kernel[1]}", f"pad_h: {pad[0]}", f"pad_w: {pad[1]}", f"stride_h: {stride[0]}",
+                       f"stride_w: {stride[1]}"] + [f"dilation: {d}" for d in dilation])
     return make_layer(f'type: "Convolution" convolution_param {{ {fields} weight_filler {{ type: "gaussian" '
                       f'std: 0.5 }} bias_filler {{ type: "uniform" min: -1 max: 1 }} }}', dtype=dtype)
 
@@ -77,6 +77,56 @@ def test_random_convolutions_match_reference(trial, dtype, threads, monkeypatch)
     numpy.testing.assert_allclose(layer.blobs[0].diff, dw + 0.5, **tol)
     numpy.testing.assert_allclose(layer.blobs[1].diff, db + 0.5, **tol)
     numpy.testing.assert_allclose(x.diff, dx, **tol)
+
+
+STRIDED_CASES = [
+    # input shape, num_output, kernel, stride, pad, group (no dilation)
+    ((2, 3, 27, 27), 8, (11, 11), (4, 4), (0, 0), 1),     # CaffeNet's conv1, small
+    ((3, 4, 15, 13), 6, (7, 7), (2, 2), (3, 3), 2),       # ResNet's conv1 shape, grouped
+    ((2, 6, 9, 8), 5, (1, 1), (2, 2), (0, 0), 1),         # ResNet's 1x1 down-sampling: one phase
+    ((4, 2, 10, 11), 3, (2, 2), (2, 2), (1, 0), 1),       # windows that do not overlap
+    ((2, 3, 12, 9), 9, (5, 3), (2, 1), (2, 1), 3),        # a stride on one axis only
+    ((1, 2, 8, 10), 4, (6, 6), (3, 3), (2, 0), 1),        # input columns no window reaches: cut
+    ((2, 2, 6, 7), 3, (3, 3), (4, 4), (0, 1), 1),         # stride past the kernel: phases skipped
+]
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [numpy.float64, numpy.float32])
+@pytest.mark.parametrize("case", STRIDED_CASES)
+def test_strided_convolutions_through_stride_phases_match_reference(case, dtype, threads, monkeypatch):
+    monkeypatch.setattr(conv_module, "NATIVE", True)
+    shape, num_output, kernel, stride, pad, group = case
+    rng = numpy.random.default_rng(sum(shape))
+    layer = conv_layer(num_output, kernel, pad, (1, 1), group, dtype, stride)
+    x = blob(shape, dtype=dtype, rng=rng)
+    top = empty(dtype=dtype)
+    layer.setup([x], top)
+    assert layer.native and layer.phases is not None and layer.phases.waste <= conv_module.NATIVE_STRIDED_WASTE
+    layer.Forward([x], top)
+    dy = rng.standard_normal(top[0].shape).astype(dtype)
+    top[0].diff[...] = dy
+    for b in layer.blobs:
+        b.diff[...] = 0.5
+    x.diff[...] = numpy.nan
+    layer.Backward(top, [True], [x])
+    y, dw, db, dx = ref_conv(x.data, layer.blobs[0].data, layer.blobs[1].data, stride, pad, (1, 1), group, dy)
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == numpy.float64 else dict(rtol=2e-4, atol=2e-4)
+    numpy.testing.assert_allclose(top[0].data, y, **tol)
+    numpy.testing.assert_allclose(layer.blobs[0].diff, dw + 0.5, **tol)
+    numpy.testing.assert_allclose(layer.blobs[1].diff, db + 0.5, **tol)
+    numpy.testing.assert_allclose(x.diff, dx, **tol)
+
+
+@needs_native
+def test_strides_whose_phases_waste_too_much_stay_on_the_gemms(monkeypatch):
+    monkeypatch.setattr(conv_module, "NATIVE", True)
+    layer = conv_layer(4, (3, 3), (1, 1), (1, 1), 1, numpy.float32, (2, 2))  # 2x2 taps per phase for 3: 1.78
+    layer.setup([blob((2, 3, 9, 9), dtype=numpy.float32)], empty(dtype=numpy.float32))
+    assert not layer.native and layer.phases.waste == pytest.approx(16 / 9)
+    dilated = conv_layer(4, (3, 3), (2, 2), (2, 2), 1, numpy.float32, (2, 2))  # strided and dilated
+    dilated.setup([blob((2, 3, 9, 9), dtype=numpy.float32)], empty(dtype=numpy.float32))
+    assert not dilated.native
 
 
 @needs_native

@@ -39,8 +39,12 @@ TRANSPOSED_FORWARD_BELOW = 64
 WIDE_COL2IM = True
 #: Backward-data as the correlation of the top's gradient with the flipped weights (unit strides), where cheaper.
 CORRELATE_DATA_GRADIENT = True
-#: The compiled direct convolution (``caffeish.native``) for 2-D unit-stride layers on numpy arrays, where built.
+#: The compiled direct convolution (``caffeish.native``) for 2-D layers on numpy arrays, where built.
 NATIVE = True
+#: Strided layers run it over their input's stride phases when that adds at most this factor of multiply-adds on
+#: zero taps (CaffeNet's 11x11 / 4: 1.19; 7x7 / 2: 1.31; 3x3 / 2: 1.78 stays on the GEMMs, which run such a layer
+#: at 50-60% of the direct kernel's rate).
+NATIVE_STRIDED_WASTE = 1.5
 
 
 def _spatial_values(p, name, num_spatial, default, what):
@@ -171,6 +175,10 @@ class ConvolutionLayer(Layer):
         self.data_path = self._data_path()
         self.native = (NATIVE and self.num_spatial == 2 and get_array_module(bottom[0].data) is numpy
                        and native_conv.applies(self.dtype, self.kernel, self.stride, self.pad, self.dilation))
+        self.phases = None
+        if self.native and any(s != 1 for s in self.stride):
+            self.phases = native_conv.StridePhases(self.kernel, self.stride, self.pad, self.out_shape)
+            self.native = self.phases.waste <= NATIVE_STRIDED_WASTE
         self.wide_width = wide_width(self.kernel, self.stride, self.pad, self.dilation, self.spatial) \
             if self.data_path == "wide" else None
         top_shape = tuple(shape[:axis]) + (self.num_output,) + self.out_shape
@@ -247,11 +255,22 @@ class ConvolutionLayer(Layer):
             return parts, [self.num * p // parts for p in range(parts + 1)]
         return threads, None
 
+    def _native_unit(self, x, w):
+        """The unit-stride convolution the native kernels run: (x, w, kernel, pad), the input and weights
+        rearranged into stride phases for a strided layer (``caffeish.native.conv.StridePhases``)."""
+        if self.phases is None:
+            return x, w, self.kernel, self.pad
+        ph = self.phases
+        shape = (self.num, self.channels * ph.U * ph.V) + ph.spatial
+        xu = workspace(numpy, x.dtype, "conv.phases", _count(shape)).reshape(shape)
+        ext = workspace(numpy, x.dtype, "conv.phases.ext", _count(ph._extended(self.num, self.channels)))
+        return ph.input(x, ext, xu), ph.weights(w), ph.kernel, (0, 0)
+
     def _forward_native(self, x, y, bias):
         """forward by the compiled direct convolution, on all threads."""
-        w = self.blobs[0].data
+        x, w, kernel, pad = self._native_unit(x, self.blobs[0].data)
         y4 = y.reshape((self.num, self.num_output) + self.out_shape)
-        geometry = (self.group, self.kernel, self.pad, self.dilation, self.out_shape)
+        geometry = (self.group, kernel, pad, self.dilation, self.out_shape)
         parts, bounds = self._native_parts()
 
         def run(lo, hi):
@@ -322,34 +341,43 @@ class ConvolutionLayer(Layer):
         its images' weight gradient privately and the sums are added in order at the end; split within
         the images, the parts add into disjoint rows.  The input's gradient is the forward of the top's
         gradient, padded by dilation (k - 1) - pad, with the flipped weights; where the padding exceeds
-        that (a negative pad), the numpy path computes it."""
+        that (a negative pad), the numpy path computes it.  A strided layer runs over its stride phases."""
+        x_unit, w_unit, kernel, pad = self._native_unit(x, self.blobs[0].data)
         dy4 = dy.reshape((self.num, self.num_output) + self.out_shape)
-        back_pad = [d * (k - 1) - q for k, d, q in zip(self.kernel, self.dilation, self.pad)]
+        back_pad = [d * (k - 1) - q for k, d, q in zip(kernel, self.dilation, pad)]
         native_dx = dx is not None and min(back_pad) >= 0
         if native_dx:
-            wflip = self._flipped_weights(numpy, w).reshape((self.channels, -1) + tuple(self.kernel))
+            wflip = native_conv.flipped(w_unit, self.group)
+            dx_unit = dx if self.phases is None else workspace(numpy, dx.dtype, "conv.phases.dx", x_unit.size) \
+                .reshape(x_unit.shape)
         parts, bounds = self._native_parts()
         if dw is not None:
-            sums = [_zeroed(numpy, dy.dtype, f"conv.dw.{p}", dw).reshape(self.blobs[0].shape)
-                    for p in range(parts)] if bounds else [dw.reshape(self.blobs[0].shape)] * parts
-        geometry = (self.group, self.kernel)
+            unit = dw if self.phases is None else _zeroed(numpy, dy.dtype, "conv.phases.dw", w_unit)
+            sums = [_zeroed(numpy, dy.dtype, f"conv.dw.{p}", w_unit) for p in range(parts)] if bounds \
+                else [unit.reshape(w_unit.shape)] * parts
 
         def run(lo, hi):
             for p in range(lo, hi):
                 a, b = (bounds[p], bounds[p + 1]) if bounds else (0, self.num)
                 share = {} if bounds else {"part": p, "parts": parts}
                 if dw is not None:
-                    native_conv.backward_weights(x[a:b], dy4[a:b], sums[p], *geometry, self.pad, self.dilation,
-                                                 self.out_shape, **share)
+                    native_conv.backward_weights(x_unit[a:b], dy4[a:b], sums[p], self.group, kernel, pad,
+                                                 self.dilation, self.out_shape, **share)
                 if native_dx:
-                    native_conv.forward(dy4[a:b], wflip, None, dx[a:b], *geometry, back_pad, self.dilation,
-                                        self.spatial, **share)
+                    native_conv.forward(dy4[a:b], wflip, None, dx_unit[a:b], self.group, kernel, back_pad,
+                                        self.dilation, x_unit.shape[2:], **share)
         parallel_for(parts, run, self._native_work())
-        if dw is not None and bounds:
-            for part in sums:
-                dw += part.reshape(dw.shape)
+        if dw is not None:
+            if bounds:
+                for part in sums:
+                    unit += part.reshape(unit.shape)
+            if self.phases is not None:
+                self.phases.add_weight_gradient(unit.reshape(w_unit.shape), dw.reshape(self.blobs[0].shape))
         if db is not None:
             db += dy.sum(axis=(0, 2))
+        if native_dx and self.phases is not None:
+            ext = workspace(numpy, dx.dtype, "conv.phases.ext", _count(self.phases._extended(self.num, self.channels)))
+            self.phases.input_gradient(dx_unit, ext, dx)
         if dx is not None and not native_dx:
             wf = self._flipped_weights(numpy, w) if self.data_path == "correlate" else None
             for start, stop in self._chunks():
