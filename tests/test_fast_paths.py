@@ -12,6 +12,7 @@ import caffeish
 from caffeish import backend, caffe_pb2, im2col, image_threads, native
 from caffeish.im2col import _geometry, col2im_cm, col2im_cm_wide, im2col_cm, workspace
 from caffeish.layers import convolution as conv_module
+from caffeish.native import direct
 from caffeish.layers import lrn as lrn_module
 from caffeish.solvers import sgd as sgd_module
 from caffeish.prototxt import parse_text
@@ -163,9 +164,9 @@ def test_convolution_fast_paths_match_reference(case, dtype, chunked, paths, ima
     shape, o, kernel, stride, pad, dilation, group = case
     monkeypatch.setattr(image_threads, "ENABLED", images == "image threads")
     monkeypatch.setattr(conv_module, "NATIVE", images == "native")
-    phases = native.conv.StridePhases(kernel, stride, pad, (1, 1)) if len(kernel) == 2 else None
+    phases = direct.StridePhases(kernel, stride, pad, (1, 1)) if len(kernel) == 2 else None
     native_applies = phases is not None and (set(stride) == {1} or (
-        set(dilation) == {1} and phases.waste <= conv_module.NATIVE_STRIDED_WASTE))
+        set(dilation) == {1} and phases.waste <= direct.STRIDED_WASTE))
     if images == "native" and not (native_applies and native.library() is not None):
         pytest.skip("not a 2-D convolution the native kernels take" if not native_applies else native.status())
     if chunked:
@@ -183,7 +184,7 @@ def test_convolution_fast_paths_match_reference(case, dtype, chunked, paths, ima
     x = blob(shape, dtype=dtype, rng=numpy.random.default_rng(len(shape) * 7 + o))
     top = empty(dtype=dtype)
     layer.setup([x], top)
-    assert layer.native == (images == "native")
+    assert (layer.native is not None) == (images == "native")
     layer.Forward([x], top)
     dy = numpy.random.default_rng(o).standard_normal(top[0].shape).astype(dtype)
     top[0].diff[...] = dy

@@ -24,10 +24,10 @@ from ..cuda import cudnn as cuda_cudnn
 from ..blob import Blob
 from ..errors import CaffeishError
 from ..fillers import fill
-from ..im2col import (col2im_cm, col2im_cm_wide, conv_output_shape, im2col_cm, num_threads, parallel_copy,
-                      parallel_for, wide_ok, wide_width, workspace)
+from ..im2col import (col2im_cm, col2im_cm_wide, conv_output_shape, im2col_cm, parallel_copy, parallel_for,
+                      wide_ok, wide_width, workspace)
 from ..layer import Layer, register_layer
-from ..native import conv as native_conv
+from ..native.direct import DirectConvolution
 
 #: Upper bound for one im2col buffer; a batch whose columns exceed it is processed in equal chunks of images
 #: (the work buffers are shared by all layers and kept, so this bounds the memory they hold; GEMMs over
@@ -39,12 +39,9 @@ TRANSPOSED_FORWARD_BELOW = 64
 WIDE_COL2IM = True
 #: Backward-data as the correlation of the top's gradient with the flipped weights (unit strides), where cheaper.
 CORRELATE_DATA_GRADIENT = True
-#: The compiled direct convolution (``caffeish.native``) for 2-D layers on numpy arrays, where built.
+#: The compiled direct convolution (``caffeish.native``) for 2-D layers on numpy arrays, where it is built and
+#: applies (``caffeish.native.direct.DirectConvolution.make``).
 NATIVE = True
-#: Strided layers run it over their input's stride phases when that adds at most this factor of multiply-adds on
-#: zero taps (CaffeNet's 11x11 / 4: 1.19; 7x7 / 2: 1.31; 3x3 / 2: 1.78 stays on the GEMMs, which run such a layer
-#: at 50-60% of the direct kernel's rate).
-NATIVE_STRIDED_WASTE = 1.5
 
 
 def _spatial_values(p, name, num_spatial, default, what):
@@ -173,12 +170,9 @@ class ConvolutionLayer(Layer):
             self.num *= s
         self.out_count = _count(self.out_shape)
         self.data_path = self._data_path()
-        self.native = (NATIVE and self.num_spatial == 2 and get_array_module(bottom[0].data) is numpy
-                       and native_conv.applies(self.dtype, self.kernel, self.stride, self.pad, self.dilation))
-        self.phases = None
-        if self.native and any(s != 1 for s in self.stride):
-            self.phases = native_conv.StridePhases(self.kernel, self.stride, self.pad, self.out_shape)
-            self.native = self.phases.waste <= NATIVE_STRIDED_WASTE
+        self.native = DirectConvolution.make(
+            get_array_module(bottom[0].data), self.dtype, self.num, self.channels, self.num_output, self.group,
+            self.kernel, self.stride, self.pad, self.dilation, self.spatial, self.out_shape) if NATIVE else None
         self.wide_width = wide_width(self.kernel, self.stride, self.pad, self.dilation, self.spatial) \
             if self.data_path == "wide" else None
         top_shape = tuple(shape[:axis]) + (self.num_output,) + self.out_shape
@@ -237,55 +231,14 @@ class ConvolutionLayer(Layer):
             x = self._as_batch(b.data)
             y = t.data.reshape(self.num, self.num_output, self.out_count)
             xp = get_array_module(x)
-            if self.native and xp is numpy:
-                self._forward_native(x, y, bias)
+            if self.native is not None and xp is numpy:
+                self.native.forward(x, self.blobs[0].data, bias, y)
             elif image_threads.available(xp, self.num):
                 self._forward_images(x, w, y, bias)
             elif xp is not numpy and cuda_cudnn.applies(x, self.kernel, self.stride, self.pad, self.dilation):
                 self._forward_cudnn(x, w, y, bias)
             else:
                 self._forward_chunks(x, w, y, bias)
-
-    def _native_parts(self):
-        """(parts, by_image): the threads' shares -- runs of whole images when there are enough images,
-        else each image's outputs (forward) and output channels (weight gradient) dealt out."""
-        threads = num_threads()
-        if self.num >= threads or self.num == 0:
-            parts = max(1, min(threads, self.num))
-            return parts, [self.num * p // parts for p in range(parts + 1)]
-        return threads, None
-
-    def _native_unit(self, x, w):
-        """The unit-stride convolution the native kernels run: (x, w, kernel, pad), the input and weights
-        rearranged into stride phases for a strided layer (``caffeish.native.conv.StridePhases``)."""
-        if self.phases is None:
-            return x, w, self.kernel, self.pad
-        ph = self.phases
-        shape = (self.num, self.channels * ph.U * ph.V) + ph.spatial
-        xu = workspace(numpy, x.dtype, "conv.phases", _count(shape)).reshape(shape)
-        ext = workspace(numpy, x.dtype, "conv.phases.ext", _count(ph._extended(self.num, self.channels)))
-        return ph.input(x, ext, xu), ph.weights(w), ph.kernel, (0, 0)
-
-    def _forward_native(self, x, y, bias):
-        """forward by the compiled direct convolution, on all threads."""
-        x, w, kernel, pad = self._native_unit(x, self.blobs[0].data)
-        y4 = y.reshape((self.num, self.num_output) + self.out_shape)
-        geometry = (self.group, kernel, pad, self.dilation, self.out_shape)
-        parts, bounds = self._native_parts()
-
-        def run(lo, hi):
-            for p in range(lo, hi):
-                if bounds is None:
-                    native_conv.forward(x, w, bias, y4, *geometry, part=p, parts=parts)
-                else:
-                    a, b = bounds[p], bounds[p + 1]
-                    native_conv.forward(x[a:b], w, bias, y4[a:b], *geometry)
-        parallel_for(parts, run, self._native_work())
-
-    def _native_work(self):
-        """The forward's multiply-adds, in the units of ``parallel_for``'s threshold: a split pays from about
-        two million (some 20 us of one core; a thread's hand-off costs tens of microseconds)."""
-        return self.num * self.num_output * self.out_count * (self.channels // self.group) * _count(self.kernel) // 16
 
     def _forward_cudnn(self, x, w, y, bias):
         """forward by cuDNN or by the GEMMs, whichever measured faster for this shape."""
@@ -324,7 +277,7 @@ class ConvolutionLayer(Layer):
             dx = self._as_batch(b.diff) if down else None
             dw = self.blobs[0].diff.reshape(w.shape) if need_weight else None
             db = self.blobs[1].diff if need_bias else None
-            if self.native and xp is numpy:
+            if self.native is not None and xp is numpy:
                 self._backward_native(w, x, dy, dx, dw, db)
                 continue
             wflip = self._flipped_weights(xp, w) if down and self.data_path == "correlate" else None
@@ -337,51 +290,20 @@ class ConvolutionLayer(Layer):
                     self._backward_chunk(xp, w, wflip, x, dy, dx, start, stop, dw, db)
 
     def _backward_native(self, w, x, dy, dx, dw, db):
-        """backward by the compiled direct convolution, on all threads.  Split by images, each part sums
-        its images' weight gradient privately and the sums are added in order at the end; split within
-        the images, the parts add into disjoint rows.  The input's gradient is the forward of the top's
-        gradient, padded by dilation (k - 1) - pad, with the flipped weights; where the padding exceeds
-        that (a negative pad), the numpy path computes it.  A strided layer runs over its stride phases."""
-        x_unit, w_unit, kernel, pad = self._native_unit(x, self.blobs[0].data)
-        dy4 = dy.reshape((self.num, self.num_output) + self.out_shape)
-        back_pad = [d * (k - 1) - q for k, d, q in zip(kernel, self.dilation, pad)]
-        native_dx = dx is not None and min(back_pad) >= 0
-        if native_dx:
-            wflip = native_conv.flipped(w_unit, self.group)
-            dx_unit = dx if self.phases is None else workspace(numpy, dx.dtype, "conv.phases.dx", x_unit.size) \
-                .reshape(x_unit.shape)
-        parts, bounds = self._native_parts()
-        if dw is not None:
-            unit = dw if self.phases is None else _zeroed(numpy, dy.dtype, "conv.phases.dw", w_unit)
-            sums = [_zeroed(numpy, dy.dtype, f"conv.dw.{p}", w_unit) for p in range(parts)] if bounds \
-                else [unit.reshape(w_unit.shape)] * parts
-
-        def run(lo, hi):
-            for p in range(lo, hi):
-                a, b = (bounds[p], bounds[p + 1]) if bounds else (0, self.num)
-                share = {} if bounds else {"part": p, "parts": parts}
-                if dw is not None:
-                    native_conv.backward_weights(x_unit[a:b], dy4[a:b], sums[p], self.group, kernel, pad,
-                                                 self.dilation, self.out_shape, **share)
-                if native_dx:
-                    native_conv.forward(dy4[a:b], wflip, None, dx_unit[a:b], self.group, kernel, back_pad,
-                                        self.dilation, x_unit.shape[2:], **share)
-        parallel_for(parts, run, self._native_work())
-        if dw is not None:
-            if bounds:
-                for part in sums:
-                    unit += part.reshape(unit.shape)
-            if self.phases is not None:
-                self.phases.add_weight_gradient(unit.reshape(w_unit.shape), dw.reshape(self.blobs[0].shape))
+        """backward by the compiled direct convolution; the input's gradient by the numpy path where the
+        kernel does not cover it (a pad past dilation (k - 1))."""
         if db is not None:
             db += dy.sum(axis=(0, 2))
-        if native_dx and self.phases is not None:
-            ext = workspace(numpy, dx.dtype, "conv.phases.ext", _count(self.phases._extended(self.num, self.channels)))
-            self.phases.input_gradient(dx_unit, ext, dx)
-        if dx is not None and not native_dx:
-            wf = self._flipped_weights(numpy, w) if self.data_path == "correlate" else None
-            for start, stop in self._chunks():
-                self._backward_chunk(numpy, w, wf, x, dy, dx, start, stop, None, None)
+        if dw is not None:
+            self.native.weight_gradient(x, self.blobs[0].data, dy, dw)
+        if dx is None:
+            return
+        if self.native.covers_data_gradient:
+            self.native.data_gradient(self.blobs[0].data, dy, dx)
+            return
+        wflip = self._flipped_weights(numpy, w) if self.data_path == "correlate" else None
+        for start, stop in self._chunks():
+            self._backward_chunk(numpy, w, wflip, x, dy, dx, start, stop, None, None)
 
     def _backward_cudnn(self, xp, w, wflip, x, dy, dx, dw, db):
         """backward where cuDNN is there: each pass by cuDNN or by the GEMMs, whichever measured faster."""

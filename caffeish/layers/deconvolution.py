@@ -6,15 +6,20 @@ bottom: one or more blobs of the same shape ``(*num, C, *spatial)`` with ``C`` a
 blobs: weights ``(C, num_output / group, *kernel)`` (Caffe's reversed convolution shape) and, with
 ``bias_term``, bias ``(num_output,)``.
 
-Forward is Convolution's backward-data: per group, columns ``W^T x`` are scattered back with col2im
-onto the (padded) output, whose padding is then dropped, and the bias is added.  Backward is a
-Convolution forward of the top's gradient: the bottom's gradient is ``W im2col(dy)``, the weights'
-gradient ``x im2col(dy)^T`` summed over images, the bias's the sum of ``dy``.
+Where the compiled direct convolution applies (``caffeish.native.direct``; 2-D, numpy) all three passes
+run there, with the roles of input and output swapped.  Otherwise forward is Convolution's backward-data:
+per group, columns ``W^T x`` are scattered back with col2im onto the (padded) output, whose padding is then
+dropped, and the bias is added.  Backward is a Convolution forward of the top's gradient: the bottom's
+gradient is ``W im2col(dy)``, the weights' gradient ``x im2col(dy)^T`` summed over images, the bias's the
+sum of ``dy``.
 """
+import numpy
+
 from ..backend import get_array_module
 from ..errors import CaffeishError
 from ..im2col import col2im, im2col
 from ..layer import Layer, register_layer
+from ..native.direct import DirectConvolution
 from . import convolution
 from .convolution import base_conv_setup, check_conv_bottoms
 
@@ -47,6 +52,13 @@ class DeconvolutionLayer(Layer):
         top_shape = tuple(shape[:axis]) + (self.num_output,) + self.out_shape
         for t in top:
             t.reshape(top_shape)
+        # the convolution this layer transposes: from the top's shape to the bottom's, with the same weights
+        self.native = DirectConvolution.make(
+            get_array_module(bottom[0].data), self.dtype, self.num, self.num_output, self.channels, self.group,
+            self.kernel, self.stride, self.pad, self.dilation, self.out_shape, self.spatial) \
+            if convolution.NATIVE else None
+        if self.native is not None and not self.native.covers_data_gradient:
+            self.native = None
 
     # -- helpers ---------------------------------------------------------------
     def _chunks(self):
@@ -80,15 +92,22 @@ class DeconvolutionLayer(Layer):
         for b, t in zip(bottom, top):
             x = b.data.reshape(self.num, self.group, self.channels // self.group, -1)
             y = t.data.reshape(self._top_batch(self.num))
+            if self.native is not None and get_array_module(x) is numpy:
+                self.native.data_gradient(self.blobs[0].data, b.data, y)
+                self._add_bias(t, bias)
+                continue
             for start, stop in self._chunks():
                 # (1, g, O/g K, C/g) @ (n, g, C/g, L) -> (n, g, O/g K, L), then scattered onto the output.
                 cols = wt @ x[start:stop]
                 n = stop - start
                 y[start:stop] = col2im(cols.reshape(n, -1, cols.shape[-1]), self._top_batch(n), self.kernel,
                                        self.stride, self.pad, self.dilation, self.spatial)
-            if bias is not None:
-                y = t.data.reshape(self.num, self.num_output, -1)
-                y += bias.reshape(1, -1, 1)
+            self._add_bias(t, bias)
+
+    def _add_bias(self, t, bias):
+        if bias is not None:
+            y = t.data.reshape(self.num, self.num_output, -1)
+            y += bias.reshape(1, -1, 1)
 
     def backward(self, top, propagate_down, bottom):
         need_weight = self.param_propagate_down[0]
@@ -102,6 +121,12 @@ class DeconvolutionLayer(Layer):
             if not (need_weight or down):
                 continue
             xp = get_array_module(dy)
+            if self.native is not None and xp is numpy:
+                if need_weight:
+                    self.native.weight_gradient(dy, self.blobs[0].data, b.data, self.blobs[0].diff)
+                if down:
+                    self.native.forward(dy, self.blobs[0].data, None, b.diff)
+                continue
             x = b.data.reshape(self.num, g, cg, -1)
             dx = b.diff.reshape(self.num, g, cg, -1) if down else None
             dw = self.blobs[0].diff.reshape(g, cg, -1) if need_weight else None

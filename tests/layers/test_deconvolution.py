@@ -3,7 +3,9 @@ import itertools
 import numpy
 import pytest
 
+from caffeish import native
 from caffeish.errors import CaffeishError
+from caffeish.native import direct
 from gradient_check import check_gradient, checks_forward, checks_gradient
 from helpers import blob, empty, make_layer
 
@@ -47,13 +49,27 @@ FORWARD_CASES = [
 ]
 
 
+def expects_native(shape, params):
+    """Whether the layer should run the native kernels (2-D, built, and what DirectConvolution takes)."""
+    layer = deconv_layer(params)
+    layer.setup([blob(shape)], empty())
+    if len(shape) != 4 or native.library() is None:
+        return False
+    phases = direct.StridePhases(layer.kernel, layer.stride, layer.pad, layer.spatial)
+    return set(layer.stride) == {1} or (set(layer.dilation) == {1} and phases.waste <= direct.STRIDED_WASTE)
+
+
 @checks_forward("Deconvolution")
 @pytest.mark.parametrize("params,shape,stride,pad,dilation,group", FORWARD_CASES)
-def test_deconvolution_forward(params, shape, stride, pad, dilation, group):
+@pytest.mark.parametrize("use_native", [True, False])
+def test_deconvolution_forward(params, shape, stride, pad, dilation, group, use_native, monkeypatch):
+    from caffeish.layers import convolution
+    monkeypatch.setattr(convolution, "NATIVE", use_native)
     layer = deconv_layer(params)
     x = blob(shape)
     top = empty()
     layer.setup([x], top)
+    assert (layer.native is not None) == (use_native and expects_native(shape, params))
     w, b = layer.blobs[0].data, layer.blobs[1].data
     assert w.shape[:2] == (shape[1], layer.num_output // group)  # Caffe's reversed weight shape
     layer.Forward([x], top)
@@ -110,6 +126,46 @@ def test_deconvolution_float32_two_bottoms_and_param_diffs_accumulate():
     layer.backward(top, [False, False], xs)
     for b, f in zip(layer.blobs, first):
         numpy.testing.assert_allclose(b.diff, 2 * f, rtol=1e-6)
+
+
+NATIVE_CASES = [
+    ("num_output: 3 kernel_size: 3", (2, 2, 5, 4)),
+    ("num_output: 2 kernel_size: 4 stride: 2 pad: 1", (3, 3, 3, 4)),                   # FCN's 2x upsampling
+    ("num_output: 4 kernel_size: 8 stride: 4 pad: 2 group: 2", (2, 4, 3, 3)),          # 4x, grouped
+    ("num_output: 2 kernel_h: 3 kernel_w: 2 stride_h: 2 stride_w: 3 pad_h: 1 pad_w: 0", (1, 2, 3, 4)),
+    ("num_output: 4 kernel_size: 3 dilation: 2 pad: 1 group: 2", (2, 4, 3, 3)),
+    ("num_output: 6 kernel_size: 1 stride: 2 group: 3", (1, 3, 3, 2)),
+]
+
+
+@pytest.mark.skipif(native.library() is None, reason="the native kernels are not built here")
+@pytest.mark.parametrize("params,shape", NATIVE_CASES)
+@pytest.mark.parametrize("dtype", [numpy.float64, numpy.float32])
+def test_deconvolution_native_matches_numpy_paths(params, shape, dtype, monkeypatch):
+    """Forward, the bottom's and the parameters' gradients, native against the numpy paths."""
+    from caffeish.layers import convolution
+    results, weights = [], None
+    for use_native in (True, False):
+        monkeypatch.setattr(convolution, "NATIVE", use_native)
+        layer = make_layer(f'type: "Deconvolution" convolution_param {{ {params} {FILLERS} }}', dtype=dtype)
+        x = blob(shape, dtype=dtype, rng=numpy.random.default_rng(3))
+        top = empty(dtype=dtype)
+        layer.setup([x], top)
+        assert (layer.native is not None) == use_native
+        weights = weights or [b.data.copy() for b in layer.blobs]
+        for b, w in zip(layer.blobs, weights):
+            b.data[...] = w
+        layer.Forward([x], top)
+        top[0].diff[...] = numpy.random.default_rng(4).standard_normal(top[0].shape)
+        for b in layer.blobs:
+            b.diff[...] = 0.5
+        x.diff[...] = numpy.nan
+        layer.Backward(top, [True], [x])
+        results.append([top[0].data.copy(), x.diff.copy()] + [b.diff.copy() for b in layer.blobs])
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == numpy.float64 else dict(rtol=2e-4, atol=2e-4)
+    for got, want in zip(*results):
+        assert got.dtype == dtype
+        numpy.testing.assert_allclose(got, want, **tol)
 
 
 def test_deconvolution_chunked_batch_matches(monkeypatch):
