@@ -53,14 +53,10 @@ def conv_layer(num_output, kernel, pad, dilation, group, dtype, stride=(1, 1)):
                       f'std: 0.5 }} bias_filler {{ type: "uniform" min: -1 max: 1 }} }}', dtype=dtype)
 
 
-@needs_native
-@pytest.mark.parametrize("dtype", [numpy.float64, numpy.float32])
-@pytest.mark.parametrize("trial", range(30))
-def test_random_convolutions_match_reference(trial, dtype, threads, monkeypatch):
-    monkeypatch.setattr(conv_module, "NATIVE", True)
-    rng = numpy.random.default_rng(1000 + trial)
-    shape, num_output, kernel, pad, dilation, group = random_case(rng)
-    layer = conv_layer(num_output, kernel, pad, dilation, group, dtype)
+def check_native_layer(shape, num_output, kernel, stride, pad, dilation, group, dtype, rng):
+    """One Convolution layer on the native kernels: forward, and backward into parameter diffs of 0.5 (it adds)
+    and a bottom diff of NaN (it overwrites), against the float64 reference."""
+    layer = conv_layer(num_output, kernel, pad, dilation, group, dtype, stride)
     x = blob(shape, dtype=dtype, rng=rng)
     top = empty(dtype=dtype)
     layer.setup([x], top)
@@ -72,12 +68,23 @@ def test_random_convolutions_match_reference(trial, dtype, threads, monkeypatch)
         b.diff[...] = 0.5
     x.diff[...] = numpy.nan
     layer.Backward(top, [True], [x])
-    y, dw, db, dx = ref_conv(x.data, layer.blobs[0].data, layer.blobs[1].data, (1, 1), pad, dilation, group, dy)
+    y, dw, db, dx = ref_conv(x.data, layer.blobs[0].data, layer.blobs[1].data, stride, pad, dilation, group, dy)
     tol = dict(rtol=1e-10, atol=1e-10) if dtype == numpy.float64 else dict(rtol=2e-4, atol=2e-4)
     numpy.testing.assert_allclose(top[0].data, y, **tol)
     numpy.testing.assert_allclose(layer.blobs[0].diff, dw + 0.5, **tol)
     numpy.testing.assert_allclose(layer.blobs[1].diff, db + 0.5, **tol)
     numpy.testing.assert_allclose(x.diff, dx, **tol)
+    return layer
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [numpy.float64, numpy.float32])
+@pytest.mark.parametrize("trial", range(30))
+def test_random_convolutions_match_reference(trial, dtype, threads, monkeypatch):
+    monkeypatch.setattr(conv_module, "NATIVE", True)
+    rng = numpy.random.default_rng(1000 + trial)
+    shape, num_output, kernel, pad, dilation, group = random_case(rng)
+    check_native_layer(shape, num_output, kernel, (1, 1), pad, dilation, group, dtype, rng)
 
 
 STRIDED_CASES = [
@@ -98,25 +105,9 @@ STRIDED_CASES = [
 def test_strided_convolutions_through_stride_phases_match_reference(case, dtype, threads, monkeypatch):
     monkeypatch.setattr(conv_module, "NATIVE", True)
     shape, num_output, kernel, stride, pad, group = case
-    rng = numpy.random.default_rng(sum(shape))
-    layer = conv_layer(num_output, kernel, pad, (1, 1), group, dtype, stride)
-    x = blob(shape, dtype=dtype, rng=rng)
-    top = empty(dtype=dtype)
-    layer.setup([x], top)
-    assert layer.native is not None and layer.native.phases.waste <= direct.STRIDED_WASTE
-    layer.Forward([x], top)
-    dy = rng.standard_normal(top[0].shape).astype(dtype)
-    top[0].diff[...] = dy
-    for b in layer.blobs:
-        b.diff[...] = 0.5
-    x.diff[...] = numpy.nan
-    layer.Backward(top, [True], [x])
-    y, dw, db, dx = ref_conv(x.data, layer.blobs[0].data, layer.blobs[1].data, stride, pad, (1, 1), group, dy)
-    tol = dict(rtol=1e-10, atol=1e-10) if dtype == numpy.float64 else dict(rtol=2e-4, atol=2e-4)
-    numpy.testing.assert_allclose(top[0].data, y, **tol)
-    numpy.testing.assert_allclose(layer.blobs[0].diff, dw + 0.5, **tol)
-    numpy.testing.assert_allclose(layer.blobs[1].diff, db + 0.5, **tol)
-    numpy.testing.assert_allclose(x.diff, dx, **tol)
+    layer = check_native_layer(shape, num_output, kernel, stride, pad, (1, 1), group, dtype,
+                               numpy.random.default_rng(sum(shape)))
+    assert layer.native.phases.waste <= direct.STRIDED_WASTE
 
 
 @needs_native
