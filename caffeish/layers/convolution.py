@@ -6,6 +6,10 @@ bottom: one or more blobs of the same shape ``(*num, C, *spatial)`` where ``C`` 
 (C++ integer division).  blobs: weights ``(num_output, C / group, *kernel)`` and, with
 ``bias_term``, bias ``(num_output,)``.
 
+On the CPU, 2-D layers run the compiled direct convolution where it is built and applies
+(``caffeish.native.direct.DirectConvolution``); the numpy path below is the reference it is tested
+against, and what runs otherwise (no C compiler, ``CAFFEISH_NATIVE=0``, 1-D or 3-D, some strides).
+
 The whole batch is turned into channel-major columns at once (``caffeish.im2col.im2col_cm``:
 ``(C * prod(kernel), N * prod(out))``, the images side by side) and multiplied by the weights
 in one GEMM per group; the result is transposed into the top (with the bias added in the
