@@ -22,8 +22,10 @@ needs_native = pytest.mark.skipif(native.library() is None, reason=f"native kern
 @pytest.fixture(params=[1, 2, 8])
 def threads(request, monkeypatch):
     """1 and 2 threads deal out whole images; 8 outnumber the images (1-5), which the threads then share.
-    The threads split even the smallest work here."""
+    The threads split even the smallest work here, and the kernel takes every size, 1x1 included."""
     monkeypatch.setattr(im2col, "PARALLEL_MIN_ELEMENTS", 1)
+    monkeypatch.setattr(direct, "MIN_OUTPUTS", 1)
+    monkeypatch.setattr(direct, "POINTWISE_TO_GEMM", False)
     im2col.set_num_threads(request.param)
     yield request.param
     im2col.set_num_threads(None)
@@ -108,6 +110,17 @@ def test_strided_convolutions_through_stride_phases_match_reference(case, dtype,
     layer = check_native_layer(shape, num_output, kernel, stride, pad, (1, 1), group, dtype,
                                numpy.random.default_rng(sum(shape)))
     assert layer.native.phases.waste <= direct.STRIDED_WASTE
+
+
+@needs_native
+def test_pointwise_and_small_outputs_stay_on_the_gemms(monkeypatch):
+    monkeypatch.setattr(conv_module, "NATIVE", True)
+    for kernel, pad, shape, expected in [((1, 1), (0, 0), (2, 8, 9, 9), False),    # 1x1: its input is its columns
+                                       ((3, 3), (1, 1), (2, 8, 7, 7), False),    # 49 outputs (ResNet's last stage)
+                                       ((3, 3), (1, 1), (2, 8, 8, 8), True)]:    # 64 (CIFAR-10's conv3)
+        layer = conv_layer(4, kernel, pad, (1, 1), 1, numpy.float32)
+        layer.setup([blob(shape, dtype=numpy.float32)], empty(dtype=numpy.float32))
+        assert (layer.native is not None) == expected, (kernel, shape)
 
 
 @needs_native

@@ -1,8 +1,9 @@
 """A 2-D convolution run by the native kernels on all threads: what Convolution and Deconvolution call.
 
 ``DirectConvolution.make`` says whether (and how) a layer's convolution runs here: 2-D, numpy, float32 or
-float64, the library built; unit strides directly, other strides through ``StridePhases`` where the zero
-taps those add cost at most ``STRIDED_WASTE``.  Its three passes -- ``forward``, ``weight_gradient`` and
+float64, the library built, a kernel larger than 1x1 and at least ``MIN_OUTPUTS`` output positions; unit
+strides directly, other strides through ``StridePhases`` where the zero taps those add cost at most
+``STRIDED_WASTE``.  Its three passes -- ``forward``, ``weight_gradient`` and
 ``data_gradient`` -- are the convolution's; Deconvolution runs them with the roles of input and output
 swapped (its forward is a convolution's data gradient).
 
@@ -15,6 +16,11 @@ import numpy
 from ..im2col import num_threads, parallel_for, workspace
 from . import conv as native_conv
 
+#: Fewer output positions than this (ResNet's and GoogLeNet's 7x7 stages: 49) leave the kernel's tiles part
+#: empty and its weight-gradient sums short: the GEMMs, whose inner dimension is the whole batch's, do better.
+MIN_OUTPUTS = 64
+#: A 1x1 kernel's columns are its input (no im2col to spare): a plain GEMM is the tool.
+POINTWISE_TO_GEMM = True
 #: Strided layers run over their input's stride phases when that adds at most this factor of multiply-adds on
 #: zero taps (CaffeNet's 11x11 / 4: 1.19; 7x7 / 2: 1.31; 3x3 / 2: 1.78 stays on the GEMMs, which run such a layer
 #: at 50-60% of the direct kernel's rate).
@@ -125,6 +131,8 @@ class DirectConvolution:
     def make(cls, xp, dtype, num, channels, num_output, group, kernel, stride, pad, dilation, spatial, out_shape):
         """A DirectConvolution, or None where the native kernels do not run this convolution."""
         if xp is not numpy or len(kernel) != 2 or not native_conv.applies(dtype, kernel, stride, pad, dilation):
+            return None
+        if (POINTWISE_TO_GEMM and _count(kernel) == 1) or _count(out_shape) < MIN_OUTPUTS:
             return None
         direct = cls(num, channels, num_output, group, kernel, stride, pad, dilation, spatial, out_shape)
         if direct.phases is not None and direct.phases.waste > STRIDED_WASTE:

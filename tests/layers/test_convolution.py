@@ -3,9 +3,25 @@ import itertools
 import numpy
 import pytest
 
+from caffeish import native
 from caffeish.errors import CaffeishError
+from caffeish.layers import convolution
+from caffeish.native import direct
 from gradient_check import check_gradient, checks_forward, checks_gradient
 from helpers import blob, empty, make_layer
+
+
+@pytest.fixture(autouse=True, params=["native", "numpy"])
+def path(request, monkeypatch):
+    """Every test here runs on both CPU paths: the compiled direct convolution, taking every 2-D size it
+    can (these cases are small), and the numpy path, its reference."""
+    if request.param == "native":
+        if native.library() is None:
+            pytest.skip(f"native kernels: {native.status()}")
+        monkeypatch.setattr(direct, "MIN_OUTPUTS", 1)
+        monkeypatch.setattr(direct, "POINTWISE_TO_GEMM", False)
+    monkeypatch.setattr(convolution, "NATIVE", request.param == "native")
+    return request.param
 
 FILLERS = 'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "uniform" min: -1 max: 1 }'
 
@@ -55,11 +71,13 @@ FORWARD_CASES = [
 
 @checks_forward("Convolution")
 @pytest.mark.parametrize("params,shape,stride,pad,dilation,group", FORWARD_CASES)
-def test_convolution_forward(params, shape, stride, pad, dilation, group):
+def test_convolution_forward(params, shape, stride, pad, dilation, group, path):
     layer = conv_layer(params)
     x = blob(shape)
     top = empty()
     layer.setup([x], top)
+    if len(shape) == 4 and set(stride) == {1}:
+        assert (layer.native is not None) == (path == "native")
     layer.Forward([x], top)
     w, b = layer.blobs[0].data, layer.blobs[1].data
     assert w.shape[1] == shape[1] // group
