@@ -18,6 +18,9 @@ NETS = {
     "lenet": ("models/lenet/lenet_deploy.prototxt", 64),
     "caffenet": ("models/caffenet/deploy.prototxt", 10),
     "googlenet": ("models/googlenet/deploy.prototxt", 10),
+    "resnet50": ("models/resnet50/deploy.prototxt", 4),
+    "squeezenet": ("models/squeezenet/deploy.prototxt", 8),
+    "vgg16": ("models/vgg16/deploy.prototxt", 2),
 }
 
 
