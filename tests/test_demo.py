@@ -82,6 +82,9 @@ def test_demo_path_trains_and_reports(tmp_path, wheel):
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout
     losses = [float(v) for v in re.findall(r"Train net output #0: loss = ([\d.eE+-]+)", proc.stderr)]
     assert losses[-1] < 0.5 * losses[0]
+    # the LMDB's prefetch thread: how long forward waited for its batches over the 100 iterations displayed
+    assert re.search(r"\] Iteration 100 \(.*\n.*\]     Data wait: [\d.]+ ms of [\d.]+ ms \([\d.]+%\)$", proc.stderr,
+                     re.M)
     out = proc.stdout
     assert re.search(r"final test accuracy: 0\.9\d+|final test accuracy: 1\.0000", out)
     assert "wall time: fetch" in out and "convert" in out and "train" in out

@@ -47,6 +47,7 @@ import logging
 import os
 import queue
 import threading
+import time
 import weakref
 
 import numpy
@@ -289,6 +290,8 @@ class PrefetchingDataLayer(Layer):
         self.prefetch_depth = max(1, depth)
         #: Read ahead on a thread (set False before a forward to read synchronously).
         self.prefetch = bool(self.use_threads and depth > 0 and prefetch_from_env())
+        #: Seconds forward has spent waiting for the prefetch thread's batches (the solver logs it).
+        self.waited = 0.0
         self.reader = None
         self.seed = None
         self._batch = 0
@@ -340,11 +343,14 @@ class PrefetchingDataLayer(Layer):
                 device = backend.current_device() if backend.mode() == backend.GPU else None
                 worker = self._holder.worker = _Worker(self.reader, self.seed, self._batch, self._position,
                                                        self.prefetch_depth, self.name, device)
+            start = time.perf_counter()
             try:
                 k, arrays, position, error = worker.get()
             except RuntimeError as e:
                 self._holder.stop_worker()
                 raise self._error(self._batch, e) from e
+            finally:
+                self.waited += time.perf_counter() - start
             if error is not None:
                 self._holder.stop_worker()
                 raise self._error(k, error) from error

@@ -194,11 +194,17 @@ class Solver:
             self.test_all()
         log.info("Optimization Done.")
 
+    def _data_waited(self):
+        """Seconds the train net's prefetching data layers have waited for batches (None: it has none)."""
+        layers = [layer for layer in self.net.layers if getattr(layer, "prefetch", False)]
+        return sum(layer.waited for layer in layers) if layers else None
+
     def step(self, iters):
         p = self.param
         start_iter, stop_iter = self.iter, self.iter + iters
         self.losses, self.smoothed_loss = [], 0.0
         timer, iterations_last = time.perf_counter(), self.iter
+        waited_last = self._data_waited()
         while self.iter < stop_iter:
             self.net.clear_param_diffs()
             if p.test_interval and self.iter % p.test_interval == 0 and (self.iter > 0 or p.test_initialization):
@@ -220,6 +226,12 @@ class Solver:
                 per_s = (self.iter - iterations_last) / (lapse or 1.0)
                 log.info("Iteration %d (%g iter/s, %gs/%d iters), loss = %g",
                          self.iter, per_s, lapse, p.display, self.smoothed_loss)
+                waited = self._data_waited()
+                if waited is not None and self.iter > iterations_last:
+                    # whether the prefetch threads keep up: the time forward waited for their batches
+                    log.info("    Data wait: %.1f ms of %.0f ms (%.1f%%)", 1e3 * (waited - waited_last),
+                             1e3 * lapse, 100.0 * (waited - waited_last) / (lapse or 1.0))
+                waited_last = waited
                 timer, iterations_last = time.perf_counter(), self.iter
                 self._log_outputs(self.net, "Train", [backend.to_cpu(self.net.blobs[n].data).ravel()
                                                       for n in self.net.outputs])

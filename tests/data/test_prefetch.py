@@ -264,3 +264,16 @@ def test_gpu_batches_are_copied_ahead(layers):
                     [(cupy.asnumpy(a), cupy.asnumpy(b)) for a, b in plain])
     finally:
         caffeish.set_mode_cpu()
+
+
+def test_forward_counts_the_time_it_waits_for_the_thread(layers):
+    """`waited` (logged by the solver as "Data wait") adds up the time forward blocks on the prefetch thread:
+    the first batch of a reader that takes 50 ms per batch is waited for in full; reading on the main thread
+    is not waiting for a thread."""
+    slow, top = layers(depth=1, delay=0.05)
+    assert slow.waited == 0.0
+    batches(slow, top, 3)
+    assert slow.waited >= 0.05
+    sync, top = layers(prefetch_on=False, delay=0.01)
+    batches(sync, top, 3)
+    assert sync.waited == 0.0
