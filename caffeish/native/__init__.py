@@ -151,7 +151,7 @@ def _build(cc, here, target):
 
 
 def _declare(lib):
-    p, lng = ctypes.c_void_p, ctypes.c_long
+    p, lng = ctypes.c_void_p, ctypes.c_int64
     for sfx in ("f32", "f64"):
         getattr(lib, f"caffeish_conv_forward_{sfx}").argtypes = [p, p, p, p, p, lng, lng]
         getattr(lib, f"caffeish_conv_backward_weights_{sfx}").argtypes = [p, p, p, p, lng, lng, lng]

@@ -20,8 +20,12 @@
  * The arithmetic is GCC/Clang vector extensions, so the same source becomes AVX-512VL, AVX2, SSE
  * or NEON code, whatever -march=native gives.  Every entry point returns 0, or -1 when out of memory.
  */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* sizes and offsets: 64-bit everywhere (a C long is 32-bit on Windows) */
+typedef int64_t idx_t;
 
 #ifndef VEC_BYTES
 #if defined(__AVX__) || defined(__aarch64__)
