@@ -1,8 +1,9 @@
-"""numpy front end of the native direct convolution (``conv.c``): checks, geometry, threads.
+"""ctypes front end of the native direct convolution (``conv.c``): argument checks and the geometry vector.
 
-``applies`` says whether a convolution can run here: two spatial axes, unit strides, float32 or
-float64 C-contiguous numpy arrays, and the library built.  The callers split the images across
-threads (ctypes releases the GIL for the call); each call handles a run of whole images.
+``applies`` says whether a convolution can run there at all (2-D, float32/float64, the library built);
+``caffeish.native.direct`` decides where it pays and runs the passes on threads (ctypes releases the GIL
+for the call).  Each call takes a run of whole images, or -- with ``part``/``parts`` -- its share of every
+image's work.
 """
 import numpy
 
