@@ -22,8 +22,8 @@ MIN_OUTPUTS = 64
 #: A 1x1 kernel's columns are its input (no im2col to spare): a plain GEMM is the tool.
 POINTWISE_TO_GEMM = True
 #: Strided layers run over their input's stride phases when that adds at most this factor of multiply-adds on
-#: zero taps (CaffeNet's 11x11 / 4: 1.19; 7x7 / 2: 1.31; 3x3 / 2: 1.78 stays on the GEMMs, which run such a layer
-#: at 50-60% of the direct kernel's rate).
+#: zero taps. Measured (batch 8, fwd / bwd ms, phases vs GEMMs): 7x7 / 2 (1.31) on 3x224x224 13.8 / 34.5 vs
+#: 17.7 / 41.3; 3x3 / 2 (1.78) on 128x56x56 20.6 / 49.7 vs 12.8 / 29.2. CaffeNet's 11x11 / 4 is 1.19.
 STRIDED_WASTE = 1.5
 
 
