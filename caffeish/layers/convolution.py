@@ -31,7 +31,7 @@ from ..fillers import fill
 from ..im2col import (col2im_cm, col2im_cm_wide, conv_output_shape, im2col_cm, parallel_copy, parallel_for,
                       wide_ok, wide_width, workspace)
 from ..layer import Layer, register_layer
-from ..native.direct import DirectConvolution
+from ..native.direct import DirectConvolution, flipped
 
 #: Upper bound for one im2col buffer; a batch whose columns exceed it is processed in equal chunks of images
 #: (the work buffers are shared by all layers and kept, so this bounds the memory they hold; GEMMs over
@@ -397,13 +397,9 @@ class ConvolutionLayer(Layer):
                           self.dilation, self.out_shape, slot="conv.pad")
 
     def _flipped_weights(self, xp, w):
-        """(g, og, cg, *k) -> (g, cg, og * kk): flipped in space, input and output channels swapped."""
-        g, og, cg = self.group, self.num_output // self.group, self.channels // self.group
-        kernel = tuple(self.kernel)
-        flip = (slice(None),) * 3 + (slice(None, None, -1),) * len(kernel)
-        wf = workspace(xp, w.dtype, "conv.wflip", w.size).reshape((g, cg, og) + kernel)
-        wf[...] = w.reshape((g, og, cg) + kernel)[flip].swapaxes(1, 2)
-        return wf.reshape(g, cg, -1)
+        """(g, og, cg * kk) -> (g, cg, og * kk): flipped in space, input and output channels swapped."""
+        return flipped(w.reshape(self.blobs[0].shape), self.group, xp).reshape(self.group, self.channels // self.group,
+                                                                               -1)
 
     def _backward_data_correlate(self, xp, wflip, dy, dx, transposed_below=None):
         """Unit strides: dx = the correlation of dy, padded by dilation (k - 1) - pad, with the weights

@@ -34,12 +34,16 @@ def _count(shape):
     return result
 
 
-def flipped(w, group):
-    """w (M, C/group, kh, kw) -> (C, M/group, kh, kw): flipped in space, input and output channels swapped per
-    group -- the weights whose forward is ``w``'s input gradient (with the top gradient padded by k - 1 - pad)."""
-    m, cg, kh, kw = w.shape
-    per_group = w.reshape(group, m // group, cg, kh, kw)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4)
-    return numpy.ascontiguousarray(per_group).reshape(group * cg, m // group, kh, kw)
+def flipped(w, group, xp=numpy):
+    """w (M, C/group, *kernel) -> (C, M/group, *kernel): flipped in space, input and output channels swapped per
+    group -- the weights whose correlation with the top's gradient (padded by dilation (k - 1) - pad) is the
+    input's gradient.  Written into a kept work buffer (``workspace`` slot "conv.wflip")."""
+    m, cg = w.shape[:2]
+    kernel = tuple(w.shape[2:])
+    flip = (slice(None),) * 3 + (slice(None, None, -1),) * len(kernel)
+    out = workspace(xp, w.dtype, "conv.wflip", w.size).reshape((group, cg, m // group) + kernel)
+    out[...] = w.reshape((group, m // group, cg) + kernel)[flip].swapaxes(1, 2)
+    return out.reshape((group * cg, m // group) + kernel)
 
 
 class StridePhases:
