@@ -1,5 +1,6 @@
 """`caffeish parse-log`: Caffe's and our own training logs -> CSV tables (Caffe's tools/extra/parse_log.py)."""
 import csv
+import datetime
 import math
 import os
 import subprocess
@@ -60,17 +61,68 @@ def test_caffe_log_to_csv(tmp_path):
     log.write_text(CAFFE_LOG)
     out = run("parse-log", str(log), str(tmp_path / "out")).stdout
     assert "lenet.log.train: 3 rows" in out and "lenet.log.test: 2 rows" in out
+    # Seconds since the "Solving" line (23:58:02.5), as Caffe's extract_seconds counts them
     assert read_csv(tmp_path / "out" / "lenet.log.train") == [
         ["NumIters", "Seconds", "LearningRate", "loss"],
-        ["0", "2.1", "0.01", "2.37781"],
-        ["100", "118.9", "0.00992565", "0.21"],
-        ["200", "130.5", "0.00985258", "nan"],    # past midnight on New Year's Eve
+        ["0", "0.6", "0.01", "2.37781"],
+        ["100", "117.4", "0.00992565", "0.21"],
+        ["200", "129.0", "0.00985258", "nan"],    # past midnight on New Year's Eve
     ]
     assert read_csv(tmp_path / "out" / "lenet.log.test") == [
         ["NumIters", "Seconds", "LearningRate", "accuracy", "loss", "accuracy#1"],
-        ["0", "2.0", "0.01", "0.0877", "2.3946", ""],
-        ["200", "130.0", "0.00985258", "0.97", "0.08", "0.95"],
+        ["0", "0.5", "0.01", "0.0877", "2.3946", ""],
+        ["200", "128.5", "0.00985258", "0.97", "0.08", "0.95"],
     ]
+
+
+def _stamp(line, year):
+    """The datetime of a glog line, computed here independently of the parser."""
+    month, day = int(line[1:3]), int(line[3:5])
+    clock = datetime.datetime.strptime(line[6:21], "%H:%M:%S.%f")
+    return clock.replace(year=year, month=month, day=day)
+
+
+def test_seconds_are_the_timestamp_differences_since_solving(tmp_path):
+    log = tmp_path / "lenet.log"
+    log.write_text(CAFFE_LOG)
+    lines = CAFFE_LOG.splitlines()
+    year = lambda line: 2016 if line.startswith("I01") else 2015  # the log runs past New Year's Eve
+    solving = next(_stamp(line, year(line)) for line in lines if "] Solving " in line)
+    train, test = parse_log(log)
+    # a row's time is that of its first output line (the second test net's output joins the row at 200)
+    train_stamps = [(_stamp(line, year(line)) - solving).total_seconds()
+                    for line in lines if "Train net output #0" in line]
+    test_stamps = [(_stamp(line, year(line)) - solving).total_seconds()
+                   for line in lines if "Test net output #0" in line][:2]
+    assert train.column("Seconds") == pytest.approx(train_stamps, abs=1e-9)
+    assert train_stamps == pytest.approx([0.6, 117.4, 129.0])
+    assert test.column("Seconds") == pytest.approx(test_stamps, abs=1e-9)
+    assert test_stamps == pytest.approx([0.5, 128.5])
+
+
+def test_seconds_without_solving_line_count_from_the_first_timestamp(tmp_path):
+    log = tmp_path / "nosolve.log"
+    log.write_text("I0210 13:39:20.250000 1 caffe.cpp:185] Using GPUs 0\n"
+                   "I0210 13:39:22.500000 1 solver.cpp:218] Iteration 0, loss = 1\n"
+                   "I0210 13:39:22.500000 1 solver.cpp:237]     Train net output #0: loss = 1\n"
+                   "I0210 14:00:00.000000 1 solver.cpp:218] Iteration 10, loss = 0.5\n"
+                   "I0210 14:00:00.000000 1 solver.cpp:237]     Train net output #0: loss = 0.5\n")
+    train, _ = parse_log(log)
+    assert train.column("Seconds") == [2.25, (20 * 60 + 40) - 0.25]
+
+
+@pytest.mark.parametrize("year, gap", [(2016, 86400 + 2.0), (2015, 2.0)])
+def test_seconds_across_february_follow_the_logs_year(tmp_path, year, gap):
+    log = tmp_path / "leap.log"
+    log.write_text("I0228 23:59:59.000000 1 solver.cpp:280] Solving net\n"
+                   "I0228 23:59:59.000000 1 solver.cpp:218] Iteration 0, loss = 1\n"
+                   "I0228 23:59:59.000000 1 solver.cpp:237]     Train net output #0: loss = 1\n"
+                   "I0301 00:00:01.000000 1 solver.cpp:218] Iteration 10, loss = 0.5\n"
+                   "I0301 00:00:01.000000 1 solver.cpp:237]     Train net output #0: loss = 0.5\n")
+    when = datetime.datetime(year, 3, 2).timestamp()
+    os.utime(log, (when, when))  # the year of the last stamp comes from the file, as Caffe's script takes it
+    train, _ = parse_log(log)
+    assert train.column("Seconds") == [0.0, gap]
 
 
 def test_caffeish_train_log(tmp_path):
@@ -88,6 +140,12 @@ def test_caffeish_train_log(tmp_path):
     assert train.columns == test.columns == ["NumIters", "Seconds", "LearningRate", "loss"]
     seconds = train.column("Seconds")
     assert seconds[0] >= 0 and seconds == sorted(seconds)
+    # our own log's glog stamps: each row's time is its first output line's, counted from "Solving"
+    lines = proc.stderr.splitlines()
+    year = datetime.date.today().year
+    solving = next(_stamp(line, year) for line in lines if "] Solving " in line)
+    assert seconds == pytest.approx([(_stamp(line, year) - solving).total_seconds()
+                                     for line in lines if "Train net output #0" in line], abs=1e-9)
     assert all(math.isfinite(v) for v in train.column("loss") + test.column("loss"))
 
 

@@ -13,7 +13,8 @@ from . import register_command
 def parse_log_cmd(log, outdir, delimiter):
     """Parse LOG (of `caffeish train` or `caffe train`) into OUTDIR/<log name>.train and .test.
 
-    Columns: NumIters, Seconds (since the log's first line), LearningRate, then one per net output.
+    Columns: NumIters, Seconds (from the log's timestamps, since its 'Solving' line, as Caffe's script counts
+    them), LearningRate, then one per net output.
     """
     train, test = parse_log(log)
     for path, table in zip(save_csv_files(log, outdir, train, test, delimiter), (train, test)):

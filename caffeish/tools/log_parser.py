@@ -9,11 +9,18 @@ Reads the glog-shaped log of ``caffeish train`` or of Caffe itself::
     I0210 13:40:02.000000 25210 solver.cpp:397]     Test net output #0: accuracy = 0.97
 
 (older Caffe's ``Iteration 100, loss = 0.21`` as well) into two tables, train and test, one row per
-display or test pass, with the columns ``NumIters``, ``Seconds`` (since the log's first timestamp),
-``LearningRate`` and one per net output. Unlike Caffe's script, a row gets the learning rate logged for
-its own iteration (Caffe logs it after the outputs, so Caffe's script shows the previous one), outputs
-of test net ``#k`` for k > 0 get their own columns (``accuracy#1``), and a resumed run appends rows
-rather than merging them. Lines without a glog prefix are read too (taking the last timestamp seen).
+display or test pass, with the columns ``NumIters``, ``Seconds``, ``LearningRate`` and one per net output.
+
+``Seconds`` comes from the glog timestamps, as Caffe's ``extract_seconds.py`` computes it: the seconds
+since the first ``Solving <net>`` line (since the log's first timestamp when there is none), across
+midnight and New Year (glog stamps carry no year: a month smaller than the previous one starts the next
+year; the last stamp is taken to fall in the year of the file's modification time, which matters only
+for February 29).
+
+Unlike Caffe's script, a row gets the learning rate logged for its own iteration (Caffe logs it after the
+outputs, so Caffe's script shows the previous one), outputs of test net ``#k`` for k > 0 get their own
+columns (``accuracy#1``), and a resumed run appends rows rather than merging them. Lines without a glog
+prefix are read too (taking the last timestamp seen).
 """
 import csv
 import datetime
@@ -27,6 +34,7 @@ _NUM = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf)(?:inity)?)"
 _GLOG = re.compile(r"^[IWEFD](\d\d)(\d\d) (\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?\s+\S+\s+[^\]]*\] ?(.*)$")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _ITERATION = re.compile(r"\bIteration (\d+)")
+_SOLVING = re.compile(r"^Solving\b")
 _TESTING = re.compile(r"\bIteration (\d+), Testing net \(#(\d+)\)")
 _DISPLAY = re.compile(r"\bIteration (\d+)(?: \([^)]*\))?, loss = " + _NUM)
 _LEARNING_RATE = re.compile(r"\blr = " + _NUM, re.I)
@@ -80,8 +88,8 @@ class _Clock:
         self.stamps.append((self.rollovers, month, day, hour, minute, second, micro))
         return len(self.stamps) - 1
 
-    def seconds(self, last_year):
-        """Seconds since the first stamp, for each stamp; the last stamp falls in ``last_year``."""
+    def seconds(self, last_year, origin=0):
+        """Seconds since stamp ``origin``, for each stamp; the last stamp falls in ``last_year``."""
         if not self.stamps:
             return []
         for shift in range(8):  # a Feb 29 must land in a leap year
@@ -91,7 +99,7 @@ class _Clock:
                          self.stamps]
             except ValueError:
                 continue
-            return [(t - times[0]).total_seconds() for t in times]
+            return [(t - times[origin]).total_seconds() for t in times]
         raise CaffeishError("the log's timestamps are not valid dates")
 
 
@@ -106,11 +114,13 @@ def _lines(path):
 
 
 def parse_log(path):
-    """``(train, test)`` Tables from a training log; ``Seconds`` relative to the first timestamped line."""
+    """``(train, test)`` Tables from a training log; ``Seconds`` since its first "Solving" line (as Caffe's
+    script), or since its first timestamped line when it has none."""
     path = os.fspath(path)
     train, test = Table(), Table()
     clock = _Clock()
     stamp = None                  # index of the latest timestamp
+    start = None                  # index of the timestamp of the first "Solving <net>" line
     iteration = None              # the latest "Iteration N" seen
     learning_rate = math.nan      # the latest "lr = x" seen
     first_lr = None
@@ -125,6 +135,8 @@ def parse_log(path):
         if m:
             stamp = clock.stamp(m.groups())
             message = m.group(7)
+            if start is None and _SOLVING.search(message):
+                start = stamp
         else:
             message = line
         found = _ITERATION.search(message)
@@ -166,7 +178,7 @@ def parse_log(path):
         raise CaffeishError(f"{path} has no 'Iteration N' lines: it is not a training log (the output of "
                             "`caffeish train` or `caffe train`, e.g. `caffeish train -solver s.prototxt 2> train.log`)")
     year = datetime.datetime.fromtimestamp(os.path.getmtime(path)).year
-    seconds = clock.seconds(year)
+    seconds = clock.seconds(year, start or 0)
     for table in (train, test):
         for row in table.rows:
             row["Seconds"] = seconds[row["Seconds"]] if row["Seconds"] is not None else math.nan
