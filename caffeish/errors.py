@@ -1,4 +1,4 @@
-"""The one exception type for user mistakes.
+"""The exception type for user mistakes.
 
 A ``CaffeishError`` carries a one-paragraph message that names what is at fault
 (file and line, layer, blob).  The CLI prints the message and exits 1; only
@@ -6,8 +6,12 @@ A ``CaffeishError`` carries a one-paragraph message that names what is at fault
 """
 
 
-class CaffeishError(Exception):
-    """A mistake in the user's input: a prototxt, a shape, a file, a flag."""
+class CaffeishError(ValueError):
+    """A mistake in the user's input: a prototxt, a shape, a file, a flag.
+
+    A ValueError, as pycaffe (and numpy beneath it) raises for bad values, so pycaffe code that catches
+    ValueError keeps working; ``CaffeishTypeError`` is also a TypeError, for arguments of the wrong kind.
+    """
 
     def __init__(self, message, *, layer=None, layer_type=None, path=None):
         self.layer = layer
@@ -38,6 +42,10 @@ class CaffeishError(Exception):
             self.path = path
             self.args = (self._compose(),)
         return self
+
+
+class CaffeishTypeError(CaffeishError, TypeError):
+    """An argument of the wrong kind (pycaffe raises TypeError there)."""
 
 
 def check(condition, message):

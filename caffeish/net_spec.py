@@ -45,7 +45,7 @@ import numpy
 from google.protobuf import message as pb_message
 from google.protobuf.descriptor import FieldDescriptor
 
-from .errors import CaffeishError
+from .errors import CaffeishError, CaffeishTypeError
 from .proto import caffe_pb2
 
 __all__ = ["NetSpec", "Top", "Function", "layers", "params", "param_name_dict", "to_proto"]
@@ -232,12 +232,19 @@ def _check_input(type_name, i, inp):
     if isinstance(inp, Top):
         return inp
     if _is_group(inp) and inp and all(isinstance(t, Top) for t in inp):
-        _check_group(inp, f"L.{type_name}: bottom {i}")
-        return list(inp)
-    if isinstance(inp, Function):
-        raise CaffeishError(f"L.{type_name}: bottom {i} is a {inp.type_name} layer with ntop={inp.ntop}, "
-                            "which has no top to read")
-    raise CaffeishError(f"L.{type_name}: bottom {i} must be a top (what a layer call returns), not {inp!r}")
+        if len(set(id(t.fn) for t in inp)) == len(inp):
+            return list(inp)
+        hint = ("a list of tops means alternatives from different layers (e.g. one data layer per phase), but "
+                "these come from one layer; unpack several tops instead: L.Silence(*tops, ntop=0)")
+    elif isinstance(inp, Function):
+        hint = f"it is a {inp.type_name} layer with ntop={inp.ntop}, which has no top to read"
+    else:
+        hint = "a bottom is a top, what a layer call returns"
+    # pycaffe's own words (scripts match on them); the advice goes into a note, shown with the traceback.
+    error = CaffeishTypeError(f"{type_name} input {i} is not a Top (type is {type(inp)})")
+    if hasattr(error, "add_note"):  # Python 3.11+
+        error.add_note(f"L.{type_name}: bottom {i}: {hint}")
+    raise error
 
 
 def _check_group(tops, where):

@@ -163,5 +163,15 @@ def test_bad_values_are_clear():
         L.ReLU(top="x")
     with pytest.raises(CaffeishError, match="unpack several tops"):
         NetSpec().pair = L.Slice(L.Input(shape=dict(dim=[2, 2])), ntop=2)
-    with pytest.raises(CaffeishError, match="bottom 0 must be a top"):
+    with pytest.raises(TypeError, match=r"^ReLU input 0 is not a Top \(type is <class 'str'>\)"):
         L.ReLU("data")
+
+
+def test_a_tuple_of_tops_is_a_type_error_in_pycaffes_words():
+    data = L.DummyData(shape=[dict(dim=[1]), dict(dim=[1])], ntop=2)
+    with pytest.raises(TypeError) as e:
+        L.Silence(data, ntop=0)
+    assert str(e.value) == "Silence input 0 is not a Top (type is <class 'tuple'>)"   # pycaffe's words exactly
+    if hasattr(e.value, "__notes__"):
+        assert "unpack several tops" in e.value.__notes__[0]
+    L.Silence(*data, ntop=0)
