@@ -10,18 +10,25 @@ import os as _os
 _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "12")
 
 from . import layers  # noqa: E402  # registers every layer type; also NetSpec's L (see layers/__init__.py)
-from .backend import set_device, set_mode_cpu, set_mode_gpu, set_random_seed
-from .blob import Blob
-from .errors import CaffeishError
-from .layer import Layer, register_layer
-from .net import TEST, TRAIN, Net
-from .net_spec import NetSpec, params, to_proto
-from .proto import caffe_pb2
-from .solvers import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver, RMSPropSolver, SGDSolver, Solver,
-                      get_solver)
+from . import coord_map, draw, io, net_spec, proto  # noqa: E402  # pycaffe's submodules: caffe.io, caffe.draw, ...
+from .backend import set_device, set_mode_cpu, set_mode_gpu, set_random_seed  # noqa: E402
+from .blob import Blob  # noqa: E402
+from .errors import CaffeishError  # noqa: E402
+from .layer import Layer, register_layer  # noqa: E402
+from .nccl import NCCL, has_nccl  # noqa: E402
+from .net import TEST, TRAIN, Net  # noqa: E402
+from .net_spec import NetSpec, params, to_proto  # noqa: E402
+from .proto import caffe_pb2  # noqa: E402
+from .runtime import (Timer, init_log, layer_type_list, log, set_multiprocess, set_solver_count,  # noqa: E402
+                      set_solver_rank, solver_count, solver_rank)
+from .solvers import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver, RMSPropSolver,  # noqa: E402
+                      SGDSolver, Solver, get_solver)
 
 __version__ = "0.1.0"
 
-__all__ = ["AdaDeltaSolver", "AdaGradSolver", "AdamSolver", "Blob", "CaffeishError", "Layer", "NesterovSolver", "Net",
-           "RMSPropSolver", "SGDSolver", "Solver", "TEST", "TRAIN", "caffe_pb2", "get_solver", "register_layer",
-           "set_device", "set_mode_cpu", "set_mode_gpu", "set_random_seed", "NetSpec", "layers", "params", "to_proto"]
+__all__ = ["AdaDeltaSolver", "AdaGradSolver", "AdamSolver", "Blob", "CaffeishError", "Layer", "NCCL",
+           "NesterovSolver", "Net", "NetSpec", "RMSPropSolver", "SGDSolver", "Solver", "TEST", "TRAIN", "Timer",
+           "caffe_pb2", "coord_map", "draw", "get_solver", "has_nccl", "init_log", "io", "layer_type_list", "layers",
+           "log", "net_spec", "params", "proto", "register_layer", "set_device", "set_mode_cpu", "set_mode_gpu",
+           "set_multiprocess", "set_random_seed", "set_solver_count", "set_solver_rank", "solver_count",
+           "solver_rank", "to_proto"]

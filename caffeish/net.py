@@ -10,6 +10,7 @@ import os
 from collections import OrderedDict
 
 import numpy
+from google.protobuf import text_format
 
 from . import backend, image_threads
 from .blob import Blob, format_bytes, memory_limit
@@ -18,14 +19,18 @@ from .layer import create_layer
 from .net_graph import filter_net, insert_splits
 from .proto import caffe_pb2
 from .prototxt import read_net_param, read_weights, write_binary_proto
+from .pycaffe import PycaffeNet
 from .upgrade import upgrade_net
 
 log = logging.getLogger("caffeish")
+#: Caffe's set-up lines (each layer's tops and shapes, the memory, who needs backward); ``caffeish train --quiet``
+#: turns them off.
+setup_log = logging.getLogger("caffeish.setup")
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
 
 
-class Net:
+class Net(PycaffeNet):
     """A network for one phase.
 
     ``Net(model, phase)``, ``Net(model, weights, phase)`` or
@@ -44,6 +49,7 @@ class Net:
             phase = args[0]
         if len(args) > 1:
             raise TypeError("Net(model, [weights,] phase)")
+        self._callbacks = {"before_forward": [], "after_forward": [], "before_backward": [], "after_backward": []}
         self.source = model if isinstance(model, str) and "\n" not in model and "{" not in model else None
         param = read_net_param(model)
         if source_dir is None and self.source:
@@ -79,7 +85,10 @@ class Net:
         self.name = in_param.name
         self.dtype = dtype
         self.debug_info = in_param.debug_info if debug_info is None else debug_info
-        param = insert_splits(filter_net(upgrade_net(in_param), state))
+        filtered = filter_net(upgrade_net(in_param), state)
+        if setup_log.isEnabledFor(logging.INFO):
+            setup_log.info("Initializing net from parameters: \n%s", text_format.MessageToString(filtered).rstrip())
+        param = insert_splits(filtered)
         self.param = param
 
         self.layers, self._layer_names = [], []
@@ -88,7 +97,7 @@ class Net:
         self.bottom_names, self.top_names = OrderedDict(), OrderedDict()
         self.bottom_need_backward, self.layer_need_backward = [], []
         self.blob_need_backward = {}
-        self.blob_loss_weights = {}
+        self.blob_loss_weights = OrderedDict()
         self._params, self._param_owners, self._param_display = [], [], []
         self._param_names_index = {}
         self.learnable_params, self.params_lr, self.params_weight_decay = [], [], []
@@ -141,6 +150,8 @@ class Net:
             except CaffeishError as e:
                 raise e.in_layer(lp.name, lp.type) from None
             except ValueError as e:  # numpy's word for shapes that do not fit
+                if lp.type == "Python":
+                    raise  # the user's own exception, type kept
                 raise CaffeishError(f"shapes do not fit ({e}); bottom shapes: "
                                     f"{[b.shape for b in bottoms]}", layer=lp.name, layer_type=lp.type) from e
             for j, shape in in_place:
@@ -150,9 +161,11 @@ class Net:
                                         layer=lp.name, layer_type=lp.type)
             for j, blob in enumerate(tops):
                 w = layer.loss(j)
+                self.blob_loss_weights[blob.name] = w or self.blob_loss_weights.get(blob.name, 0.0)
                 if w:
-                    self.blob_loss_weights[blob.name] = w
-            log.debug("Setting up %s: tops %s", lp.name, [t.shape for t in tops])
+                    # As Caffe's SetLossWeights: the weight is the top's diff, where backward starts; a diff
+                    # the user writes there later (net.backward(loss=2)) scales the gradients.
+                    blob.diff[...] = w
 
             for pid in range(len(layer.blobs)):
                 spec = lp.param[pid] if pid < len(lp.param) else caffe_pb2.ParamSpec()
@@ -179,7 +192,34 @@ class Net:
         self.outputs = list(available)
         self._share_weights()
         self.layer_dict = OrderedDict(zip(self._layer_names, self.layers))
+        if setup_log.isEnabledFor(logging.INFO):
+            self._log_setup()
         self._check_memory()
+
+    def _log_setup(self):
+        """Caffe's Net::Init lines, so a caffeish log reads (and parses) as Caffe's."""
+        memory = 0
+        for lid, layer in enumerate(self.layers):
+            name = self._layer_names[lid]
+            setup_log.info("Creating Layer %s", name)
+            for blob in self.bottom_vecs[lid]:
+                setup_log.info("%s <- %s", name, blob.name)
+            for blob in self.top_vecs[lid]:
+                setup_log.info("%s -> %s", name, blob.name)
+            setup_log.info("Setting up %s", name)
+            for j, blob in enumerate(self.top_vecs[lid]):
+                dims = "".join(f"{d} " for d in blob.shape)
+                setup_log.info("Top shape: %s(%d)", dims, blob.count)
+                if layer.loss(j):
+                    setup_log.info("    with loss weight %g", layer.loss(j))
+                memory += blob.count * self.dtype.itemsize
+            setup_log.info("Memory required for data: %d", memory)
+        for lid in range(len(self.layers) - 1, -1, -1):
+            need = "needs" if self.layer_need_backward[lid] else "does not need"
+            setup_log.info("%s %s backward computation.", self._layer_names[lid], need)
+        for name in self.outputs:
+            setup_log.info("This network produces output %s", name)
+        setup_log.info("Network initialization done.")
 
     def _check_memory(self):
         """Refuse a net whose blobs (data, and diffs when it learns) would not fit in memory, naming the largest."""
@@ -282,34 +322,41 @@ class Net:
         """Run layers ``start..end`` (inclusive) and return the total weighted loss."""
         end = len(self.layers) - 1 if end is None else end
         loss = 0.0
+        before, after = self._callbacks["before_forward"], self._callbacks["after_forward"]
         for lid in range(start, end + 1):
             layer = self.layers[lid]
+            for callback in before:
+                callback(lid)
             try:
                 loss += layer.Forward(self.bottom_vecs[lid], self.top_vecs[lid])
             except CaffeishError as e:
                 raise e.in_layer(layer.name, layer.type) from None
             if self.debug_info:
                 self._log_forward(lid)
+            for callback in after:
+                callback(lid)
         return loss
 
     def backward_from_to(self, start=None, end=0):
         start = len(self.layers) - 1 if start is None else start
+        before, after = self._callbacks["before_backward"], self._callbacks["after_backward"]
         for lid in range(start, end - 1, -1):
             if not self.layer_need_backward[lid]:
                 continue
-            # Loss tops start the chain with their weight as the gradient.
-            for j, blob in enumerate(self.top_vecs[lid]):
-                w = self.layers[lid].loss(j)
-                if w:
-                    blob.diff[...] = w
+            for callback in before:
+                callback(lid)
             self.layers[lid].Backward(self.top_vecs[lid], self.bottom_need_backward[lid], self.bottom_vecs[lid])
+            for callback in after:
+                callback(lid)
             if self.debug_info:
                 self._log_backward(lid)
             if self.on_layer_backward is not None:
                 self.on_layer_backward(lid)
 
     def forward(self, blobs=None, start=None, end=None, **inputs):
-        """pycaffe's Net.forward: set ``inputs`` (name=array), run, return {output: data}."""
+        """pycaffe's Net.forward: set ``inputs`` (name=array), run layers ``start..end`` (names), return
+        ``{blob: data}`` for the net's outputs (the tops of ``end`` when given) and ``blobs``.  An input of
+        another batch size reshapes the net (pycaffe would refuse it)."""
         for name, value in inputs.items():
             if name not in self.blobs:
                 raise CaffeishError(f"forward(): '{name}' is not a blob of net '{self.name}'")
@@ -326,7 +373,9 @@ class Net:
         return {name: self.blobs[name].data for name in outs}
 
     def backward(self, diffs=None, start=None, end=None, **top_diffs):
-        """pycaffe's Net.backward: optional output diffs by name; returns {input: diff}."""
+        """pycaffe's Net.backward: set output diffs (name=array), run layers ``start..end`` backwards, return
+        ``{blob: diff}`` for the net's inputs (the bottoms of ``end`` when given) and ``diffs``.  A loss
+        top's diff is its loss weight unless set here: ``backward(loss=2)`` doubles every gradient."""
         for name, value in top_diffs.items():
             if name not in self.blobs:
                 raise CaffeishError(f"backward(): '{name}' is not a blob of net '{self.name}'")
@@ -334,7 +383,7 @@ class Net:
         start_id = self._layer_index(start) if start is not None else len(self.layers) - 1
         end_id = self._layer_index(end) if end is not None else 0
         self.backward_from_to(start_id, end_id)
-        names = set(diffs or ()) | set(self.inputs)
+        names = set(diffs or ()) | set(self.bottom_names[self._layer_names[end_id]] if end is not None else self.inputs)
         return {name: self.blobs[name].diff for name in names}
 
     def forward_backward(self):
@@ -382,8 +431,8 @@ class Net:
         return OrderedDict((n, layer.blobs) for n, layer in zip(self._layer_names, self.layers) if layer.blobs)
 
     @property
-    def blob_loss_weights_list(self):
-        return [self.blob_loss_weights.get(n, 0.0) for n in self.blobs]
+    def layer_names(self):
+        return list(self._layer_names)
 
     # -- weights ------------------------------------------------------------------
     def copy_from(self, weights):

@@ -17,7 +17,8 @@ PHASES = {"TRAIN": caffe_pb2.TRAIN, "TEST": caffe_pb2.TEST, "ALL": None}
               help="The direction the graph flows: left-right, top-bottom, bottom-top or right-left.")
 @click.option("--phase", default="ALL", show_default=True, type=click.Choice(list(PHASES), case_sensitive=False),
               help="Draw only the layers of this phase (by their include/exclude rules), or ALL of them.")
-def draw(net, out, rankdir, phase):
+@click.option("--display-lrm", is_flag=True, help="Show the learning-rate multipliers of layers with weights.")
+def draw(net, out, rankdir, phase, display_lrm):
     """Draw the net NET (a prototxt, old formats included) into OUT.
 
     OUT's extension picks the format: .dot (Graphviz text, needs nothing) or .png/.svg, which need
@@ -25,6 +26,6 @@ def draw(net, out, rankdir, phase):
     """
     param = read_net_param(net)
     rankdir, phase = rankdir.upper(), phase.upper()
-    fmt = draw_net_to_file(param, out, rankdir=rankdir, phase=PHASES[phase])
+    fmt = draw_net_to_file(param, out, rankdir=rankdir, phase=PHASES[phase], display_lrm=display_lrm)
     drawn = sum(phase_includes(layer, PHASES[phase]) for layer in param.layer)
     click.echo(f"Drawing net to {out} ({fmt}, {drawn} layers, rankdir {rankdir}, phase {phase})")

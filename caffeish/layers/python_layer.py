@@ -27,7 +27,9 @@ from ..layer import Layer, register_layer
 PYTHON_LAYER_PATHS = []
 #: Environment variable with more directories to search (``os.pathsep``-separated).
 PATH_ENV = "CAFFEISH_PYTHON_LAYER_PATH"
-REQUIRED_METHODS = ("setup", "reshape", "forward", "backward")
+#: The methods a Python layer may define; each is looked up when the net first needs it (as pycaffe does), so
+#: a layer never run backward needs no ``backward``; ``setup`` and ``reshape`` default to doing nothing.
+METHODS = ("setup", "reshape", "forward", "backward")
 
 
 class BlobVec(list):
@@ -82,14 +84,12 @@ def import_layer_module(name):
             del sys.path[len(sys.path) - 1 - sys.path[::-1].index(cwd)]
 
 
-def _missing_methods(cls):
-    missing = []
-    for method in REQUIRED_METHODS:
-        attr = getattr(cls, method, None)
-        inherited = issubclass(cls, Layer) and attr is getattr(Layer, method)
-        if attr is None or not callable(attr) or inherited:
-            missing.append(method)
-    return missing
+def _user_method(user, method):
+    """The user's own ``method`` (not one inherited from caffeish.Layer), or None."""
+    attr = getattr(type(user), method, None)
+    if attr is None or (isinstance(user, Layer) and attr is getattr(Layer, method)):
+        return None
+    return getattr(user, method)
 
 
 def _instantiate(cls, param, dtype):
@@ -121,11 +121,11 @@ class PythonLayer(Layer):
                                 + (f"; it defines {', '.join(classes)}" if classes else ""))
         if not inspect.isclass(cls):
             raise CaffeishError(f"'{pp.layer}' in the Python layer module '{pp.module}' ({where}) is not a class")
-        missing = _missing_methods(cls)
-        if missing:
-            raise CaffeishError(f"the Python layer class '{pp.layer}' in module '{pp.module}' ({where}) does not "
-                                f"define {', '.join(missing)}; a Python layer needs setup, reshape, forward and "
-                                "backward")
+        not_callable = [m for m in METHODS if getattr(cls, m, None) is not None and not callable(getattr(cls, m))]
+        if not_callable:
+            raise CaffeishError(f"in the Python layer class '{pp.layer}' of module '{pp.module}' ({where}), "
+                                f"{', '.join(not_callable)} is not a method")
+        self._where = f"the Python layer class '{pp.layer}' in module '{pp.module}' ({where})"
         user = _instantiate(cls, param, self.dtype)
         blobs = getattr(user, "blobs", None)
         user.blobs = BlobVec(blobs if blobs is not None else self._own_blobs, dtype=self.dtype, owner=self.name)
@@ -158,18 +158,29 @@ class PythonLayer(Layer):
         user.param_str_ = user.param_str  # the name very old pycaffe used
         user.phase = self.phase
 
+    def _call(self, method, *args, optional=False):
+        fn = _user_method(self.layer, method)
+        if fn is None:
+            if optional:
+                return
+            raise CaffeishError(f"{self._where} does not define {method}(), and the net runs {method} through it"
+                                + ("; define backward(self, top, propagate_down, bottom), or stop gradients "
+                                   "here (propagate_down: false, lr_mult: 0)" if method == "backward" else ""))
+        fn(*args)
+
+    # The user's exceptions pass through as they are: pycaffe code catches its own exception types.
     def layer_setup(self, bottom, top):
         self._pass_attributes()
-        self.layer.setup(bottom, top)
+        self._call("setup", bottom, top, optional=True)
 
     def reshape(self, bottom, top):
-        self.layer.reshape(bottom, top)
+        self._call("reshape", bottom, top, optional=True)
 
     def forward(self, bottom, top):
-        self.layer.forward(bottom, top)
+        self._call("forward", bottom, top)
 
     def backward(self, top, propagate_down, bottom):
-        self.layer.backward(top, propagate_down, bottom)
+        self._call("backward", top, propagate_down, bottom)
 
     def get_state(self):
         get = getattr(self.layer, "get_state", None)

@@ -11,13 +11,14 @@ import os
 import time
 
 import numpy
+from google.protobuf import text_format
 
 from .. import backend
 from ..blob import Blob
 from ..cuda import kernels as cuda_kernels
 from ..cuda import solver_updates as cuda_updates
 from ..errors import CaffeishError
-from ..net import Net
+from ..net import Net, setup_log
 from ..proto import caffe_pb2
 from ..prototxt import read_net_param, read_solver_param
 from ..registry import Registry
@@ -56,6 +57,8 @@ class Solver:
             param.train_state.stage.extend(stages)
         self.param = param
         self.dtype = numpy.dtype(dtype)
+        if setup_log.isEnabledFor(logging.INFO):
+            setup_log.info("Initializing solver from parameters: \n%s", text_format.MessageToString(param).rstrip())
         if param.average_loss < 1:
             raise CaffeishError(f"average_loss must be at least 1, not {param.average_loss}")
         if param.iter_size < 1:
@@ -81,7 +84,20 @@ class Solver:
         #: Called with the iteration's loss once the gradients are computed, before ``apply_update``; returns the
         #: loss to report (data-parallel training all-reduces the gradients and the loss here).
         self.on_gradients_ready = None
+        #: pycaffe's callbacks: ``(on_start, on_gradients_ready)`` pairs, called with no arguments at the start of
+        #: each iteration and once its gradients are computed (``add_callback``).
+        self.callbacks = []
         log.info("Solver scaffolding done.")
+
+    def add_callback(self, on_start, on_gradients_ready=None):
+        """pycaffe's ``solver.add_callback(on_start, on_gradients_ready)``, or ``add_callback(obj)`` for an object
+        with those two methods (a ``caffeish.NCCL``)."""
+        if on_gradients_ready is None and hasattr(on_start, "on_gradients_ready"):
+            on_start, on_gradients_ready = on_start.on_start, on_start.on_gradients_ready
+        for fn in (on_start, on_gradients_ready):
+            if fn is not None and not callable(fn):
+                raise CaffeishError(f"add_callback needs callables, not {fn!r}")
+        self.callbacks.append((on_start, on_gradients_ready))
 
     # -- set-up -----------------------------------------------------------------
     def check_parameters(self):
@@ -213,11 +229,16 @@ class Solver:
                     break
             display = p.display and self.iter % p.display == 0
             self.net.debug_info = bool(display and p.debug_info)
+            for on_start, _ in self.callbacks:
+                on_start()
             loss = 0.0
             for _ in range(p.iter_size):
                 loss += self.forward_backward()
             loss /= p.iter_size
             check_finite(self.net, loss, self.iter)
+            for _, on_gradients_ready in self.callbacks:
+                if on_gradients_ready is not None:
+                    on_gradients_ready()
             if self.on_gradients_ready is not None:
                 loss = self.on_gradients_ready(loss)
             self._update_smoothed_loss(loss, start_iter, p.average_loss)

@@ -65,13 +65,26 @@ def layer_details(layer):
     return []
 
 
-def layer_label(layer, separator):
+def lr_mults(layer):
+    """The learning-rate multipliers of ``layer``'s parameters (1 where a param entry does not say), for the
+    layers with weights and bias, as Caffe's draw_net.py --display_lrm shows them; [] for other layers."""
+    if layer.type not in ("Convolution", "Deconvolution", "InnerProduct", "Scale", "Bias", "PReLU", "Embed"):
+        return []
+    count = max(len(layer.param), 2 if layer.type in ("Convolution", "Deconvolution", "InnerProduct") else 1)
+    return [layer.param[i].lr_mult if i < len(layer.param) else 1.0 for i in range(count)]
+
+
+def layer_label(layer, separator, display_lrm=False):
     if layer.type == "Pooling":
         kind = caffe_pb2.PoolingParameter.PoolMethod.Name(layer.pooling_param.pool)
         head = [layer.name, f"({kind} {layer.type})"]
     else:
         head = [layer.name, f"({layer.type})"]
-    return separator.join(head + layer_details(layer))
+    lines = head + layer_details(layer)
+    mults = lr_mults(layer) if display_lrm else []
+    if mults:
+        lines.append("lr mult: " + ", ".join(f"{m:g}" for m in mults))
+    return separator.join(lines)
 
 
 def edge_label(layer):
@@ -97,7 +110,7 @@ def phase_includes(layer, phase):
     return not any(r.HasField("phase") and r.phase == phase for r in layer.exclude)
 
 
-def net_to_dot(net_param, rankdir="LR", phase=None, label_edges=True):
+def net_to_dot(net_param, rankdir="LR", phase=None, label_edges=True, display_lrm=False):
     """The DOT text of ``net_param`` (a current-format NetParameter; see caffeish.upgrade)."""
     if rankdir not in RANKDIRS:
         raise CaffeishError(f"rankdir must be one of {', '.join(RANKDIRS)}, not '{rankdir}'")
@@ -119,7 +132,7 @@ def net_to_dot(net_param, rankdir="LR", phase=None, label_edges=True):
         color = NEURON_COLOR if in_place else TYPE_COLORS.get(layer.type, LAYER_COLOR)
         for name in layer.bottom:
             edges.append(f"  {quote(blob(name))} -> {quote(node)};")
-        nodes.append(f"  {quote(node)} [label={quote(layer_label(layer, separator))}, shape=box, "
+        nodes.append(f"  {quote(node)} [label={quote(layer_label(layer, separator, display_lrm))}, shape=box, "
                      f"fillcolor={quote(color)}];")
         label = edge_label(layer) if label_edges else None
         for name in layer.top:
@@ -168,11 +181,11 @@ def output_format(path):
     return ext
 
 
-def draw_net_to_file(net_param, path, rankdir="LR", phase=None):
+def draw_net_to_file(net_param, path, rankdir="LR", phase=None, display_lrm=False):
     """Write ``net_param``'s diagram to ``path`` in the format its extension names; returns the format."""
     from ..prototxt import atomic_write_bytes
     fmt = output_format(path)
-    dot_text = net_to_dot(net_param, rankdir=rankdir, phase=phase)
+    dot_text = net_to_dot(net_param, rankdir=rankdir, phase=phase, display_lrm=display_lrm)
     data = dot_text.encode("utf-8") if fmt == "dot" else render(dot_text, fmt)
     try:
         atomic_write_bytes(path, data)

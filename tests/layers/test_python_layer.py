@@ -168,8 +168,7 @@ def test_python_layer_errors(module, tmp_path, monkeypatch):
         python("no_such_mod_x1")
     with pytest.raises(CaffeishError, match=f"module '{module}' .* has no class 'Missing'; it defines .*ScaleLayer"):
         python(module, "Missing")
-    with pytest.raises(CaffeishError, match="'Incomplete' in module .* does not define reshape, backward"):
-        python(module, "Incomplete")
+    assert type(python(module, "Incomplete").layer).__name__ == "Incomplete"  # methods are needed when run
     broken = f"pybroken_{uuid.uuid4().hex[:8]}"
     (tmp_path / f"{broken}.py").write_text("import no_such_dependency_x2\n")
     monkeypatch.setattr(python_layer, "PYTHON_LAYER_PATHS", [str(tmp_path)])
