@@ -70,6 +70,25 @@ def test_log_lines_keep_caffe_shapes(tmp_path):
     assert "Data wait" not in out  # no prefetching data layer in this net: nothing to report
 
 
+def test_the_log_starts_with_caffes_set_up_lines_unless_quiet(tmp_path):
+    solver = write_solver(tmp_path, max_iter=2, display=1)
+    out = run("train", "--solver", solver).stderr
+    assert re.search(r"\] Initializing solver from parameters: \nbase_lr: 0.05\ndisplay: 1\n", out)
+    assert re.search(r"\] Initializing net from parameters: \nname: \"teacher\"\nstate \{\n  phase: TRAIN", out)
+    # Caffe's per-layer lines, with shapes, counts and the running total of top bytes (x, its split, target, y,
+    # loss: 4 * (40 + 80 + 24 + 24 + 1))
+    for line in ("Creating Layer x", "x -> x", "Setting up x", "Top shape: 8 5 (40)", "Memory required for data: 160",
+                 "student <- x_x_0_split_1", "Top shape: 8 3 (24)", "Top shape: (1)", "    with loss weight 1",
+                 "Memory required for data: 676", "student needs backward computation.",
+                 "teacher does not need backward computation.", "This network produces output loss",
+                 "Network initialization done."):
+        assert re.search(r"\] " + re.escape(line) + "$", out, re.M), line
+    quiet = run("train", "--solver", solver, "--quiet").stderr
+    assert "Top shape" not in quiet and "Initializing solver" not in quiet
+    assert "Train net output #0: loss" in quiet and "Optimization Done." in quiet
+    assert "Top shape" not in run("train", "--solver", solver, "-q").stderr
+
+
 def test_resume_from_snapshot_through_cli(tmp_path):
     solver = write_solver(tmp_path, max_iter=60, snapshot=30, momentum=0.9)
     run("train", "-solver", solver)

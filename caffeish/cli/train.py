@@ -137,9 +137,19 @@ def _choose_device(gpu, param, world=None):
                    "process).")
 @click.option("--mpi-timeout", default=parallel.DEFAULT_TIMEOUT, type=float, show_default=True,
               help="Seconds an all-reduce waits for the other ranks before ending the job (0: for ever).")
+@click.option("-q", "--quiet", is_flag=True,
+              help="Leave out the set-up lines (solver parameters, each layer's tops, shapes and memory).")
+@click.option("-v", "--verbose", is_flag=True, help="Debug lines as well.")
 def train(solver, weights, snapshot, gpu, level, stage, sigint_effect, sighup_effect, progress, mpi, mpi_timeout,
-          on_snapshot_error="stop"):
-    """Train a model from a solver file (as `caffe train`); under mpiexec, data-parallel over the ranks."""
+          on_snapshot_error="stop", quiet=False, verbose=False):
+    """Train a model from a solver file (as `caffe train`); under mpiexec, data-parallel over the ranks.
+
+    The log is Caffe's: the solver's parameters and each net's set-up (layer by layer: tops, their shapes,
+    the memory they need, which layers run backward), then the iterations.
+    """
+    logging.getLogger("caffeish.setup").setLevel(logging.WARNING if quiet else logging.NOTSET)
+    if verbose:
+        log.setLevel(logging.DEBUG)
     if weights and snapshot:
         raise CaffeishError("give --snapshot to resume training or --weights to fine-tune, not both")
     if not parallel.want_mpi(mpi):
