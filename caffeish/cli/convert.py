@@ -1,7 +1,8 @@
-"""``caffeish convert``: build LMDB or HDF5 databases from images, MNIST, CIFAR or npz arrays.
+"""``caffeish convert``: build LMDB or HDF5 databases from images, MNIST, CIFAR, npz arrays or a LevelDB.
 
 ``caffeish convert imageset ROOT/ LIST DB`` is Caffe's ``convert_imageset ROOT/ LIST DB`` (its
-single-dash flags work too: ``-resize_height 32 -shuffle -backend lmdb``).  Every database is built
+single-dash flags work too: ``-resize_height 32 -shuffle -backend lmdb``).  ``caffeish convert leveldb
+SRC DST`` copies a LevelDB of Caffe's (its older default backend) into an LMDB.  Every database is built
 at a temporary path and renamed into place only when complete.
 """
 import click
@@ -100,3 +101,15 @@ def npz(file, db, backend, overwrite, rows_per_file, log_every):
     """Arrays 'data' (N x C x H x W, any dtype) and 'label' of an .npz FILE into DB (uint8 stays bytes)."""
     _report(converters.convert_npz(file, db, backend=backend, overwrite=overwrite, rows_per_file=rows_per_file,
                                    log_every=log_every))
+
+
+@convert.command("leveldb")
+@click.argument("src", metavar="SRC_LEVELDB", type=click.Path())
+@click.argument("db", metavar="DST_LMDB", type=click.Path())
+@click.option("--overwrite", is_flag=True, help="Replace an existing database at DST_LMDB.")
+@click.option("--log-every", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Log progress every this many records.")
+def leveldb(src, db, overwrite, log_every):
+    """A LevelDB of Caffe's (convert_imageset -backend leveldb, extract_features ... leveldb) into an LMDB, every
+    record as it is (its key and serialized Datum). Needs plyvel: pip install 'caffeish[leveldb]'."""
+    _report(converters.convert_leveldb(src, db, overwrite=overwrite, log_every=log_every))

@@ -1,4 +1,4 @@
-"""Dataset converters: Caffe's convert_imageset, convert_mnist_data, convert_cifar_data, plus npz.
+"""Dataset converters: Caffe's convert_imageset, convert_mnist_data, convert_cifar_data, plus npz and LevelDB.
 
 Each converter turns its input into records (key, label, and either a C x H x W
 uint8/float array or an encoded image) and hands them to ``write_records``, which
@@ -9,6 +9,9 @@ With ``backend="lmdb"`` every record becomes a serialized Datum (uint8 pixels in
 ``data``, anything else in ``float_data``).  With ``backend="hdf5"`` the arrays go
 to ``data``/``label`` datasets of ``.h5`` files plus a ``list.txt`` for an HDF5Data
 layer's ``source``.
+
+``convert_leveldb`` copies a LevelDB of Caffe's into an LMDB record for record (the keys and the
+serialized Datums as they are), through the read-only ``LevelDB`` of ``caffeish.data.db``.
 """
 import dataclasses
 import gzip
@@ -22,7 +25,7 @@ import numpy
 from .. import io as cio
 from ..errors import CaffeishError
 from ..proto import caffe_pb2
-from .db import COMMIT_EVERY, atomic_db_path, backend_name, check_target
+from .db import COMMIT_EVERY, LevelDB, atomic_db_path, backend_name, check_target
 from .hdf5_backend import HDF5Writer
 from .lmdb_backend import LMDB
 
@@ -40,6 +43,7 @@ class Record:
     label: float
     array: numpy.ndarray = None     # C x H x W
     encoded: bytes = None           # an image file's bytes (lmdb only)
+    raw_flag: bool = False          # a raw Datum says ``encoded: false`` (convert_imageset's do; MNIST/CIFAR's don't)
 
     def datum(self):
         if self.encoded is not None:
@@ -47,7 +51,10 @@ class Record:
             if self.array is not None:
                 datum.channels, datum.height, datum.width = self.array.shape
             return datum
-        return cio.array_to_datum(self.array, int(self.label))
+        datum = cio.array_to_datum(self.array, int(self.label))
+        if self.raw_flag:
+            datum.encoded = False
+        return datum
 
 
 @dataclasses.dataclass
@@ -196,7 +203,7 @@ def imageset_records(root, entries, *, resize_height=0, resize_width=0, gray=Fal
                                 f"channels) but {first_file} is {first_shape[1]}x{first_shape[2]} "
                                 f"({first_shape[0]} channels); {why}: resize with --resize-height and "
                                 f"--resize-width")
-        record = Record(key="%08d_%s" % (index, path), label=label, array=array)
+        record = Record(key="%08d_%s" % (index, path), label=label, array=array, raw_flag=True)
         if encoded:
             fmt = _encode_format(encode_type, path)
             native = None
@@ -399,3 +406,40 @@ def convert_npz(path, db_path, *, backend="lmdb", overwrite=False, rows_per_file
     records = npz_records(path, backend)
     return write_records(db_path, records, backend=backend, overwrite=overwrite, rows_per_file=rows_per_file,
                          log_every=log_every, noun="items", map_size=map_size)
+
+
+# -- LevelDB ---------------------------------------------------------------------------------------------------
+def convert_leveldb(src, db_path, *, overwrite=False, log_every=COMMIT_EVERY, map_size=None):
+    """Copy the LevelDB ``src`` (Caffe's: keys and serialized Datums) into a new LMDB at ``db_path``.
+
+    Every record keeps its key and value byte for byte, in key order (as Caffe's Data layer reads both).
+    The LMDB is built at a temporary path and renamed into place when complete.  Needs plyvel, the
+    ``[leveldb]`` extra.
+    """
+    final = os.path.abspath(os.fspath(db_path))
+    if os.path.abspath(os.fspath(src)) == final:
+        raise CaffeishError("the LMDB to write is the LevelDB to read; give another destination", path=final)
+    check_target(final, overwrite)
+    summary = Summary(path=final, backend="lmdb")
+    log_every = max(1, int(log_every))
+    with LevelDB(src) as source:  # refuses a missing, empty or non-Datum database, and a missing plyvel
+        try:
+            with atomic_db_path(final, overwrite) as tmp:
+                db = LMDB(tmp, "w", map_size=map_size, name=final)
+                try:
+                    txn = db.transaction()
+                    for key, value in source:
+                        txn.put(key, value)
+                        summary.written += 1
+                        if summary.written % log_every == 0:
+                            log.info("Processed %d records.", summary.written)
+                    txn.commit()
+                finally:
+                    db.close()
+        except OSError as e:  # a full disk, a file-size limit, a read-only directory
+            reason = os.strerror(e.errno) if e.errno else str(e)
+            raise CaffeishError(f"cannot write the database: {reason}; nothing was written there (an older "
+                                "database at this path is kept)", path=final) from None
+    if summary.written % log_every:
+        log.info("Processed %d records.", summary.written)
+    return summary

@@ -27,6 +27,11 @@ HDF5 holds arrays, not key/value records: a converter writes ``data`` and
 file or single ``.h5`` file shows the same cursor, yielding one serialized Datum
 per row, so tools like ``compute-mean`` work on either backend.
 
+LevelDB, Caffe's older default, is read (never written) by ``LevelDB``: the
+same cursor over the records Caffe's tools stored, through ``plyvel`` (the
+``[leveldb]`` extra); ``caffeish convert leveldb`` copies such a database into
+an LMDB.  The Data layer and ``open_db`` take LMDB and HDF5 only.
+
 ``atomic_db_path`` builds a database at a temporary sibling path and renames
 it into place only when the build succeeds.
 """
@@ -57,8 +62,8 @@ HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 # -- backend names ---------------------------------------------------------------------------------------------
 def backend_name(backend, path=None):
     """``"lmdb"`` or ``"hdf5"`` from a name or a ``DataParameter.DB`` value; LevelDB is refused clearly."""
-    leveldb = CaffeishError("LevelDB is not supported; convert to LMDB (e.g. with caffeish convert, or "
-                            "Caffe's convert_imageset -backend lmdb) and set backend: LMDB", path=path)
+    leveldb = CaffeishError("LevelDB is not supported; convert to LMDB (caffeish convert leveldb SRC DST copies "
+                            "a LevelDB of Caffe's into an LMDB) and set backend: LMDB", path=path)
     if isinstance(backend, (int, numpy.integer)) and not isinstance(backend, bool):
         if backend == caffe_pb2.DataParameter.LMDB:
             return "lmdb"
@@ -134,6 +139,174 @@ def looks_like_datum(value):
         return len(datum.data) > 0
     size = datum.channels * datum.height * datum.width
     return size > 0 and (len(datum.data) == size or len(datum.float_data) == size)
+
+
+# -- LevelDB (read-only) ---------------------------------------------------------------------------------------
+LEVELDB_EXTRA = "pip install 'caffeish[leveldb]'"
+
+
+def _plyvel():
+    try:
+        import plyvel
+    except ImportError:
+        raise CaffeishError(f"reading a LevelDB needs plyvel, an optional extra: {LEVELDB_EXTRA}") from None
+    return plyvel
+
+
+class LevelDB:
+    """A LevelDB as Caffe's tools wrote it (``convert_imageset -backend leveldb``, ``extract_features ...
+    leveldb``): keys as stored, values serialized Datums, in key order, read through plyvel.
+
+    Reading only: nothing is ever put.  LevelDB itself still takes the directory's LOCK file and may
+    tidy its log files, so the directory must be writable and not in use by another program (Caffe).
+    ``check_datums`` (default True) refuses an empty database or one whose first value is not a Datum.
+    """
+    backend = "leveldb"
+    mode = "r"
+
+    def __init__(self, path, *, check_datums=True):
+        self.path = os.fspath(path)
+        self.db = None
+        self._count = None
+        if not os.path.exists(self.path):
+            raise CaffeishError("database does not exist", path=self.path)
+        if not os.path.isfile(os.path.join(self.path, "CURRENT")):
+            hint = ""
+            if os.path.isfile(os.path.join(self.path, "data.mdb")) or os.path.isfile(self.path):
+                hint = " (it looks like an LMDB, which needs no conversion)"
+            elif os.path.isfile(os.path.join(self.path, LIST_NAME)):
+                hint = " (it looks like an HDF5 database)"
+            raise CaffeishError(f"is not a LevelDB: no CURRENT file in the directory{hint}", path=self.path)
+        plyvel = _plyvel()
+        try:
+            self.db = plyvel.DB(self.path, create_if_missing=False)
+        except plyvel.CorruptionError as e:
+            raise _damaged_leveldb(self.path, e) from None
+        except plyvel.Error as e:
+            raise CaffeishError(f"cannot open the LevelDB ({_leveldb_reason(e)}): LevelDB writes a LOCK file in its "
+                                "directory, so the directory must be writable and no other program (a running Caffe) "
+                                "may have the database open", path=self.path) from None
+        if check_datums:
+            try:
+                self._check_first_datum()
+            except BaseException:
+                self.close()
+                raise
+
+    def _check_first_datum(self):
+        cur = self.cursor()
+        try:
+            if not cur.valid():
+                raise CaffeishError("the database is empty (no records)", path=self.path)
+            key, value = cur.key(), cur.value()
+        finally:
+            cur.close()
+        if not looks_like_datum(value):
+            raise CaffeishError(f"the LevelDB holds no Datums: its first record (key {key[:64]!r}) does not parse as "
+                                "a caffe Datum with pixels", path=self.path)
+
+    def cursor(self):
+        return LevelDBCursor(self)
+
+    def get(self, key):
+        try:
+            return self.db.get(_key_bytes(key))
+        except _plyvel().Error as e:
+            raise _damaged_leveldb(self.path, e) from None
+
+    def keys_count(self):
+        """The number of records (LevelDB keeps no count: the keys are counted once)."""
+        if self._count is None:
+            count = 0
+            cur = self.cursor()
+            try:
+                while cur.valid():
+                    count += 1
+                    cur.next()
+            finally:
+                cur.close()
+            self._count = count
+        return self._count
+
+    __len__ = keys_count
+
+    def __iter__(self):
+        """(key, value) pairs, first to last."""
+        cur = self.cursor()
+        try:
+            while cur.valid():
+                yield cur.key(), cur.value()
+                cur.next()
+        finally:
+            cur.close()
+
+    def close(self):
+        if self.db is not None:
+            db, self.db = self.db, None
+            db.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _leveldb_reason(error):
+    return str(error).strip() or type(error).__name__
+
+
+def _damaged_leveldb(path, error):
+    return CaffeishError(f"is a damaged LevelDB ({_leveldb_reason(error)}); recopy it, or rebuild it", path=path)
+
+
+class LevelDBCursor:
+    """Caffe's db::Cursor over a ``LevelDB``: ``seek_first``, ``valid``, ``next``, ``key``, ``value``."""
+
+    def __init__(self, db):
+        self._db = db
+        self._plyvel = _plyvel()
+        self._it = db.db.iterator()
+        self._key = self._value = None
+        self.seek_first()
+
+    def _advance(self):
+        try:
+            self._key, self._value = next(self._it)
+            self._valid = True
+        except StopIteration:
+            self._key = self._value = None
+            self._valid = False
+        except self._plyvel.Error as e:
+            raise _damaged_leveldb(self._db.path, e) from None
+        return self._valid
+
+    def seek_first(self):
+        try:
+            self._it.seek_to_start()
+        except self._plyvel.Error as e:
+            raise _damaged_leveldb(self._db.path, e) from None
+        return self._advance()
+
+    seek_to_first = seek_first
+
+    def valid(self):
+        return self._valid
+
+    def next(self):
+        """Advance; False (and ``valid()`` False) once past the last record."""
+        return self._advance() if self._valid else False
+
+    def key(self):
+        return self._key
+
+    def value(self):
+        return self._value
+
+    def close(self):
+        if self._it is not None:
+            self._it.close()
+            self._it = None
 
 
 # -- atomic build ----------------------------------------------------------------------------------------------

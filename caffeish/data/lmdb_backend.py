@@ -125,7 +125,8 @@ class LMDB:
             if not os.path.isfile(os.path.join(path, "data.mdb")):
                 hint = ""
                 if os.path.isfile(os.path.join(path, "CURRENT")):
-                    hint = " (it looks like a LevelDB: LevelDB is not supported; convert to LMDB)"
+                    hint = (" (it looks like a LevelDB: LevelDB is not supported; convert it to an LMDB with "
+                            "caffeish convert leveldb SRC DST)")
                 elif os.path.isfile(os.path.join(path, LIST_NAME)):
                     hint = " (it looks like an HDF5 database: use backend hdf5)"
                 raise CaffeishError(f"is not an LMDB: the directory has no data.mdb{hint}", path=path)
