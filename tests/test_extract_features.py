@@ -159,6 +159,13 @@ def test_bad_arguments_are_clear_and_write_nothing(tmp_path, tiny, capsys):
         assert code == 1 and message in err, (args, err)
     code, err = cli(capsys, "extract-features", tmp_path / "missing.caffemodel", model, "fc", tmp_path / "a", 1)
     assert code == 1 and f"the weights file {tmp_path / 'missing.caffemodel'} does not exist" in err
+    code, err = cli(capsys, "extract-features", weights, model, "fc", tmp_path / "a", 1, "lmdb", "GPU", 0,
+                    "--gpu", 1)
+    assert code == 1 and "GPU 0 and --gpu 1 disagree" in err
+    from caffeish import backend
+    if not backend.gpu_available():  # Caffe's positional GPU [DEVICE_ID] asks for the GPU as --gpu does
+        code, err = cli(capsys, "extract-features", weights, model, "fc", tmp_path / "a", 1, "lmdb", "GPU", 0)
+        assert code == 1 and "GPU mode" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
