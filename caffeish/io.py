@@ -10,6 +10,7 @@ import io as _io
 import numpy
 from PIL import Image, UnidentifiedImageError
 
+from . import imgproc
 from .errors import CaffeishError
 from .prototxt import read_binary_proto, write_binary_proto
 from .proto import caffe_pb2
@@ -111,25 +112,91 @@ def _to_mode(img, color):
     return img.convert("RGB" if color else "L")
 
 
-def image_to_chw_bgr(img, color=None):
-    """A PIL image as uint8 C x H x W, BGR for colour, 1 channel for gray."""
-    arr = numpy.asarray(_to_mode(img, color), dtype=numpy.uint8)
+def _open_for_imread(source, name, color):
+    """``_open_image``, but a colour JPEG wanted grey (``color`` False) is decoded to grey by libjpeg.
+
+    That is what ``cv::imread(..., IMREAD_GRAYSCALE)`` does: libjpeg hands over the luma plane,
+    which no formula on the decoded RGB pixels reproduces.
+    """
+    if color is False:
+        try:
+            img = Image.open(_io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source)
+        except Exception:  # noqa: BLE001 -- _open_image below reports what is wrong with the input
+            img = None
+        if img is not None:
+            try:
+                if img.format in ("JPEG", "MPO") and img.mode == "RGB":
+                    img.draft("L", img.size)
+                    img.load()
+                    return img
+            except Exception:  # noqa: BLE001 -- as above
+                pass
+            img.close()
+    return _open_image(source, name)
+
+
+def _imread_pixels(img, color):
+    """A decoded PIL image as ``cv::imread`` gives it: uint8 H x W (grey) or H x W x 3 RGB.
+
+    ``color`` True: 3 channels; False: grey; None: as stored (grey stays grey, alpha dropped).
+    16-bit images keep their high byte; an RGBA TIFF comes premultiplied by its alpha, as libtiff's
+    RGBA reader gives it; colour turns grey as the format's reader does it (``caffeish.imgproc``):
+    libpng's conversion for PNG (gamma included), cvtColor's for WebP and images not from a file,
+    OpenCV's decoders' for the rest (JPEG: see ``_open_for_imread``).
+    """
+    if img.mode.startswith("I;16"):
+        img = Image.fromarray((numpy.asarray(img) >> 8).astype(numpy.uint8))
+    elif img.mode in ("I", "F"):
+        img = _to_mode(img, False)
+    stored_gray = img.mode in ("L", "1", "LA", "La")
+    if color is None:
+        color = not stored_gray
+    if stored_gray or (img.mode == "RGB" and color):
+        return numpy.asarray(img.convert("RGB" if color else "L"), dtype=numpy.uint8)
+    if img.format == "TIFF" and img.mode == "RGBA":
+        rgba = numpy.asarray(img, dtype=numpy.uint32)
+        rgb = ((rgba[..., :3] * rgba[..., 3:] + 127) // 255).astype(numpy.uint8)
+    else:
+        rgb = numpy.asarray(img.convert("RGB"), dtype=numpy.uint8)
+    if color:
+        return rgb
+    if img.format == "PNG":
+        gamma = 0.45455 if "srgb" in img.info else img.info.get("gamma")  # an sRGB chunk means 1/2.2
+        return imgproc.libpng_gray(rgb, None if gamma is None else int(round(gamma * 100000)))
+    if img.format in (None, "WEBP"):
+        return imgproc.rgb_to_gray(rgb)
+    return imgproc.codec_gray(rgb)
+
+
+def _chw_bgr(arr):
+    """uint8 H x W (grey) or H x W x 3 RGB -> C x H x W, BGR for colour."""
     if arr.ndim == 2:
         return arr[numpy.newaxis].copy()
     return numpy.ascontiguousarray(arr[:, :, ::-1].transpose(2, 0, 1))
 
 
+def image_to_chw_bgr(img, color=None):
+    """A PIL image as uint8 C x H x W with ``cv::imread``'s pixels: BGR for colour, 1 channel for grey."""
+    return _chw_bgr(_imread_pixels(img, color))
+
+
 def read_image_chw_bgr(path, color=True, height=0, width=0):
-    """Caffe's ReadImageToCVMat: uint8 C x H x W BGR (1 channel when not ``color``), resized if asked."""
-    img = _to_mode(_open_image(path, path), color)
-    if height > 0 and width > 0 and img.size != (width, height):
-        img = img.resize((width, height), Image.BILINEAR)
-    return image_to_chw_bgr(img, color)
+    """Caffe's ReadImageToCVMat: uint8 C x H x W BGR (1 channel when not ``color``), resized if asked.
+
+    The pixels are OpenCV's: ``cv::imread`` (see ``_imread_pixels``), then, when ``height`` and
+    ``width`` are both positive, ``cv::resize`` with INTER_LINEAR (``imgproc.resize_linear``).
+    """
+    arr = _imread_pixels(_open_for_imread(path, path, color), color)
+    if height > 0 and width > 0:
+        arr = imgproc.resize_linear(arr, height, width)
+    return _chw_bgr(arr)
 
 
 def decode_image(data, is_color=None, name="encoded image"):
-    """Bytes of an image file -> uint8 C x H x W BGR (``is_color`` None keeps the stored channels)."""
-    return image_to_chw_bgr(_open_image(bytes(data), name), is_color)
+    """Bytes of an image file -> uint8 C x H x W BGR as ``cv::imdecode`` gives it (``is_color`` None keeps the
+    stored channels)."""
+    data = bytes(data)
+    return image_to_chw_bgr(_open_for_imread(data, name, is_color), is_color)
 
 
 def decode_datum_image(datum, is_color=None):

@@ -7,9 +7,10 @@ channel), ``shuffle`` (a new order every epoch), ``rand_skip`` (start at a rando
 ``[0, rand_skip)``), ``batch_size``.  Tops: ``data`` (N, C, H', W') and ``label`` (N,).  In data-parallel
 training each rank reads every N-th image of the (shuffled) list (``set_shard``; see ``caffeish.data.prefetch``).
 
-Images are decoded with Pillow into BGR C x H x W uint8 (OpenCV's layout), resized with bilinear
-interpolation on OpenCV's pixel grid (``cv::resize``'s INTER_LINEAR, no antialiasing), then go
-through the DataTransformer (``transform_param``; the deprecated ``image_data_param``
+Images are read as Caffe's ReadImageToCVMat reads them (``caffeish.io.read_image_chw_bgr``): decoded
+with Pillow into OpenCV's pixels (``cv::imread``'s BGR C x H x W uint8, or its grey), resized exactly as
+``cv::resize`` with INTER_LINEAR does (``caffeish.imgproc.resize_linear``), then go through the
+DataTransformer (``transform_param``; the deprecated ``image_data_param``
 ``scale``/``mean_file``/``crop_size``/``mirror`` are honoured when there is no ``transform_param``).
 """
 import numpy
@@ -51,33 +52,6 @@ def read_image_list(source):
     return entries
 
 
-def _linear_grid(src, dst):
-    """OpenCV INTER_LINEAR source indices and 11-bit weights along one axis."""
-    f = (numpy.arange(dst, dtype=numpy.float64) + 0.5) * (src / dst) - 0.5
-    i0 = numpy.floor(f).astype(numpy.int64)
-    frac = f - i0
-    frac[i0 < 0] = 0.0
-    i0 = numpy.maximum(i0, 0)
-    frac[i0 >= src - 1] = 0.0
-    i0 = numpy.minimum(i0, src - 1)
-    i1 = numpy.minimum(i0 + 1, src - 1)
-    frac = numpy.round(frac * 2048.0) / 2048.0
-    return i0, i1, frac.astype(numpy.float32)
-
-
-def resize_linear(image, height, width):
-    """A (C, H, W) uint8 image resized as ``cv::resize(..., INTER_LINEAR)`` would (to within 1 level)."""
-    c, h, w = image.shape
-    if (h, w) == (height, width):
-        return image
-    y0, y1, fy = _linear_grid(h, height)
-    x0, x1, fx = _linear_grid(w, width)
-    a = image.astype(numpy.float32)
-    rows = a[:, y0, :] * (1.0 - fy)[None, :, None] + a[:, y1, :] * fy[None, :, None]
-    out = rows[:, :, x0] * (1.0 - fx) + rows[:, :, x1] * fx
-    return numpy.clip(numpy.floor(out + 0.5), 0, 255).astype(numpy.uint8)
-
-
 class ImageListReader(Reader):
     """Images of a list in list (or shuffled) order, wrapping around; position = (epoch, index, order)."""
 
@@ -108,11 +82,9 @@ class ImageListReader(Reader):
         name, label, number = self.entries[i]
         path = self.root + name
         try:
-            image = cio.read_image_chw_bgr(path, color=self.is_color)
+            image = cio.read_image_chw_bgr(path, color=self.is_color, height=self.new_height, width=self.new_width)
         except CaffeishError as e:
             raise CaffeishError(f"cannot load image {path} (line {number} of {self.source}): {e.reason}") from None
-        if self.new_height > 0 and self.new_width > 0:
-            image = resize_linear(image, self.new_height, self.new_width)
         return image, label
 
     # -- Reader ---------------------------------------------------------------------------------------

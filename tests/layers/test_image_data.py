@@ -11,7 +11,7 @@ from PIL import Image
 import caffeish
 from caffeish import CaffeishError, Net, caffe_pb2
 from caffeish.data.prefetch import live_prefetch_threads
-from caffeish.layers.image_data import resize_linear
+from caffeish.imgproc import libpng_gray, resize_linear
 from gradient_check import checks_forward
 from helpers import empty, make_layer
 
@@ -93,22 +93,20 @@ def test_image_data_gray_resize_and_transform(tmp_path, opened):
     assert top[0].shape == (2, 1, 6, 6)
     (data, _), = run(layer, top, 1)
     for i in range(2):
-        b, g, r = (ims[i][c].astype(float) for c in range(3))
-        gray = numpy.floor(0.299 * r + 0.587 * g + 0.114 * b + 0.5)  # what Pillow's "L" conversion gives
-        big = resize_linear(gray.clip(0, 255).astype(numpy.uint8)[None], 8, 12)
-        numpy.testing.assert_allclose(data[i], big[:, 1:7, 3:9].astype(numpy.float32) * 0.5, atol=1.0)
+        gray = libpng_gray(ims[i][::-1].transpose(1, 2, 0))  # cv::imread(png, IMREAD_GRAYSCALE): libpng's grey
+        big = resize_linear(gray, 8, 12)                      # cv::resize, INTER_LINEAR
+        numpy.testing.assert_array_equal(data[i, 0], big[1:7, 3:9].astype(numpy.float32) * 0.5)
 
 
-def test_resize_linear_matches_opencv_grid():
-    a = numpy.arange(16, dtype=numpy.uint8).reshape(1, 4, 4) * 10
-    # 2x down: every output pixel is the mean of a 2x2 block (OpenCV INTER_LINEAR, no antialiasing).
-    down = resize_linear(a, 2, 2)
-    ref = a[0].astype(float).reshape(2, 2, 2, 2).mean(axis=(1, 3))
-    numpy.testing.assert_array_equal(down[0], numpy.floor(ref + 0.5))
-    # 2x up along a row 0, 10, 20, 30: src x = (i + 0.5) / 2 - 0.5, clamped at the borders.
-    up = resize_linear(a[:, :1, :], 1, 8)[0, 0]
-    numpy.testing.assert_array_equal(up, [0, 3, 8, 13, 18, 23, 28, 30])
-    assert resize_linear(a, 4, 4) is a
+def test_image_data_resize_is_opencv_exactly(tmp_path, opened):
+    cv2 = pytest.importorskip("cv2")
+    write_images(tmp_path, 2, size=(7, 9))
+    source = write_list(tmp_path, 2)
+    layer, top = image_layer(opened, source, tmp_path, "new_height: 5 new_width: 13", batch=2, phase=caffe_pb2.TEST)
+    (data, _), = run(layer, top, 1)
+    for i in range(2):
+        want = cv2.resize(cv2.imread(str(tmp_path / f"img {i}.png"), cv2.IMREAD_COLOR), (13, 5))
+        numpy.testing.assert_array_equal(data[i], want.transpose(2, 0, 1).astype(numpy.float32))
 
 
 def test_image_data_shuffle_each_epoch_and_prefetch(tmp_path, opened):
