@@ -13,6 +13,8 @@ from . import layers  # noqa: E402  # registers every layer type; also NetSpec's
 from . import coord_map, draw, io, net_spec, proto  # noqa: E402  # pycaffe's submodules: caffe.io, caffe.draw, ...
 from .backend import set_device, set_mode_cpu, set_mode_gpu, set_random_seed  # noqa: E402
 from .blob import Blob  # noqa: E402
+from .classifier import Classifier  # noqa: E402
+from .detector import Detector  # noqa: E402
 from .errors import CaffeishError  # noqa: E402
 from .layer import Layer, register_layer  # noqa: E402
 from .nccl import NCCL, has_nccl  # noqa: E402
@@ -26,8 +28,9 @@ from .solvers import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver,
 
 __version__ = "0.1.0"
 
-__all__ = ["AdaDeltaSolver", "AdaGradSolver", "AdamSolver", "Blob", "CaffeishError", "Layer", "NCCL",
-           "NesterovSolver", "Net", "NetSpec", "RMSPropSolver", "SGDSolver", "Solver", "TEST", "TRAIN", "Timer",
+__all__ = ["AdaDeltaSolver", "AdaGradSolver", "AdamSolver", "Blob", "CaffeishError", "Classifier", "Detector",
+           "Layer", "NCCL", "NesterovSolver", "Net", "NetSpec", "RMSPropSolver", "SGDSolver", "Solver", "TEST", "TRAIN",
+           "Timer",
            "caffe_pb2", "coord_map", "draw", "get_solver", "has_nccl", "init_log", "io", "layer_type_list", "layers",
            "log", "net_spec", "params", "proto", "register_layer", "set_device", "set_mode_cpu", "set_mode_gpu",
            "set_multiprocess", "set_random_seed", "set_solver_count", "set_solver_rank", "solver_count",

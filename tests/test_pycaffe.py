@@ -52,9 +52,9 @@ def test_pycaffe_names_and_submodules_exist():
                  "AdamSolver", "NCCL", "Timer", "init_log", "log", "set_mode_cpu", "set_mode_gpu", "set_device",
                  "Layer", "get_solver", "layer_type_list", "set_random_seed", "solver_count", "set_solver_count",
                  "solver_rank", "set_solver_rank", "set_multiprocess", "has_nccl", "TRAIN", "TEST", "io", "layers",
-                 "params", "NetSpec", "to_proto", "draw", "coord_map"):
+                 "params", "NetSpec", "to_proto", "draw", "coord_map", "Classifier", "Detector"):
         assert hasattr(caffe, name), name
-    for sub in ("io", "draw", "net_spec", "coord_map", "proto.caffe_pb2"):
+    for sub in ("io", "draw", "net_spec", "coord_map", "classifier", "detector", "proto.caffe_pb2"):
         assert importlib.import_module(f"caffeish.{sub}") is not None
     assert caffe.TRAIN == 0 and caffe.TEST == 1
 
