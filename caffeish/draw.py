@@ -30,7 +30,7 @@ def get_pydot_graph(caffe_net, rankdir, label_edges=True, phase=None, display_lr
 
 
 def draw_net(caffe_net, rankdir, ext="png", phase=None, display_lrm=False):
-    """The diagram of ``caffe_net`` as the bytes of an ``ext`` (png, svg, dot) file."""
+    """The diagram of ``caffe_net`` as the bytes of an ``ext`` (png, svg, pdf, jpg, ..., or dot) file."""
     return get_pydot_graph(caffe_net, rankdir, phase=phase, display_lrm=display_lrm).create(format=ext)
 
 

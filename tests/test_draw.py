@@ -78,8 +78,8 @@ def test_quoting_and_bad_arguments(tmp_path):
     param.layer.add(name='a\\b "q"', type="ReLU", bottom=["x"], top=["x"])
     dot = draw.net_to_dot(param)
     assert 'digraph "say \\"hi\\"" {' in dot and '[label="a\\\\b \\"q\\"\\n(ReLU)"' in dot
-    with pytest.raises(CaffeishError, match=r"\.png, \.svg or \.dot"):
-        draw.draw_net_to_file(param, str(tmp_path / "net.jpg"))
+    with pytest.raises(CaffeishError, match=r"must end with \.png, \.svg, \.dot, \.pdf, \.jpg"):
+        draw.draw_net_to_file(param, str(tmp_path / "net.txt"))
     bad = caffeish_cli("draw", str(TRAIN_TEST), str(tmp_path / "x.dot"), "--rankdir", "XY", check=False)
     assert bad.returncode != 0 and "XY" in bad.stderr
 
@@ -98,3 +98,7 @@ def test_png_and_svg(tmp_path):
     assert (tmp_path / "net.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     caffeish_cli("draw", str(TRAIN_TEST), str(tmp_path / "net.svg"), "--phase", "TEST")
     assert "<svg" in (tmp_path / "net.svg").read_text()
+    draw.draw_net_to_file(read_net_param(TRAIN_TEST), str(tmp_path / "net.jpg"))   # any format Graphviz renders
+    assert (tmp_path / "net.jpg").read_bytes()[:2] == b"\xff\xd8"
+    draw.draw_net_to_file(read_net_param(TRAIN_TEST), str(tmp_path / "net.pdf"))
+    assert (tmp_path / "net.pdf").read_bytes()[:4] == b"%PDF"

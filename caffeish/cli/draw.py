@@ -1,4 +1,4 @@
-"""``caffeish draw NET OUT.(png|svg|dot)``: a diagram of a net, as Caffe's ``python/draw_net.py`` draws it."""
+"""``caffeish draw NET OUT.(png|svg|pdf|dot)``: a diagram of a net, as Caffe's ``python/draw_net.py`` draws it."""
 import click
 
 from ..proto import caffe_pb2
@@ -21,8 +21,8 @@ PHASES = {"TRAIN": caffe_pb2.TRAIN, "TEST": caffe_pb2.TEST, "ALL": None}
 def draw(net, out, rankdir, phase, display_lrm):
     """Draw the net NET (a prototxt, old formats included) into OUT.
 
-    OUT's extension picks the format: .dot (Graphviz text, needs nothing) or .png/.svg, which need
-    Graphviz: pip install 'caffeish[draw]' plus the Graphviz program (dot).
+    OUT's extension picks the format: .dot (Graphviz text, needs nothing) or .png, .svg, .pdf, .jpg (what
+    Graphviz renders), which need Graphviz: pip install 'caffeish[draw]' plus the Graphviz program (dot).
     """
     param = read_net_param(net)
     rankdir, phase = rankdir.upper(), phase.upper()

@@ -21,7 +21,8 @@ TYPE_COLORS = {"Convolution": "#FF5050", "Deconvolution": "#FF5050", "Pooling": 
 NEURON_COLOR = "#90EE90"
 BLOB_COLOR = "#E0E0E0"
 RANKDIRS = ("LR", "TB", "BT", "RL")
-FORMATS = ("png", "svg", "dot")
+#: What Graphviz renders (as pycaffe's draw, which hands the file's extension to it), and DOT text itself.
+FORMATS = ("png", "svg", "dot", "pdf", "jpg", "jpeg", "gif", "bmp", "ps", "eps", "tif", "tiff")
 INSTALL_HINT = ("install Graphviz: pip install 'caffeish[draw]' (the graphviz Python package) plus the Graphviz "
                 "program itself (apt install graphviz, brew install graphviz, conda install graphviz), or write "
                 "OUT.dot and render it elsewhere")
@@ -176,8 +177,8 @@ def output_format(path):
     if ext == "gv":
         ext = "dot"
     if ext not in FORMATS:
-        raise CaffeishError(f"cannot tell the drawing's format from '{path}': its name must end with .png, .svg "
-                            "or .dot")
+        raise CaffeishError(f"cannot tell the drawing's format from '{path}': its name must end with "
+                            f"{', '.join('.' + f for f in FORMATS)} (or .gv)")
     return ext
 
 
