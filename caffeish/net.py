@@ -37,10 +37,6 @@ class Net(PycaffeNet):
     ``Net(model, phase, level=0, stages=(), weights=None)``, where ``model`` is a
     prototxt path, prototxt text or a ``caffe_pb2.NetParameter``.
     """
-    #: Called with the layer id after each layer's backward (data-parallel training starts the
-    #: all-reduce of that layer's parameter gradients from here); None: nothing is called.
-    on_layer_backward = None
-
     def __init__(self, model, *args, phase=None, level=None, stages=None, weights=None,
                  dtype=numpy.float32, debug_info=None, source_dir=None):
         if args and isinstance(args[0], (str, bytes)) or (args and hasattr(args[0], "__fspath__")):
@@ -350,8 +346,6 @@ class Net(PycaffeNet):
                 callback(lid)
             if self.debug_info:
                 self._log_backward(lid)
-            if self.on_layer_backward is not None:
-                self.on_layer_backward(lid)
 
     def forward(self, blobs=None, start=None, end=None, **inputs):
         """pycaffe's Net.forward: set ``inputs`` (name=array), run layers ``start..end`` (names), return

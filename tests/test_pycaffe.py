@@ -290,6 +290,38 @@ def test_solver_add_callback_runs_at_start_and_when_gradients_are_ready(tmp_path
     assert events == [("start", 0), ("grads", 0, True), ("start", 1), ("grads", 1, True)]
 
 
+def test_callback_objects_see_the_loss_and_the_snapshots(tmp_path):
+    solver = caffe.SGDSolver(_solver_file(tmp_path))
+    solver.param.snapshot_prefix = str(tmp_path / "snap")
+
+    class Halve:
+        """Replaces the reported loss (as data-parallel training reports the replicas' mean) and vetoes the
+        first snapshot (as ranks other than 0 do)."""
+        def __init__(self):
+            self.seen, self.snapshots, self.allow = [], [], False
+
+        def on_gradients_ready(self):
+            self.seen.append(solver.iteration_loss)
+            solver.iteration_loss /= 2
+
+        def before_snapshot(self):
+            return self.allow
+
+        def after_snapshot(self, paths):
+            self.snapshots.append(paths)
+    cb = Halve()
+    solver.add_callback(cb)
+    solver.param.average_loss = 1
+    solver.step(1)
+    assert solver.smoothed_loss == pytest.approx(cb.seen[0] / 2)
+    assert solver.snapshot() is None and cb.snapshots == [] and not list(tmp_path.glob("snap*"))
+    cb.allow = True
+    paths = solver.snapshot()
+    assert cb.snapshots == [paths] and all(pathlib.Path(p).exists() for p in paths)
+    with pytest.raises(CaffeishError, match="add_callback needs"):
+        solver.add_callback(object())
+
+
 def _nccl_rank(solver_path, uid, rank, size, queue):
     try:
         caffe.set_solver_count(size)

@@ -161,7 +161,7 @@ class MultiDeviceSolver:
         self.buckets = [make_buckets(replica.net, self.bucket_bytes) for replica in self.replicas]
         self._passes = 0
         self.root.forward_backward = self._forward_backward
-        self.root.on_gradients_ready = self._gradients_ready
+        self.root.add_callback(self)
         self._log_setup()
 
     # -- devices and threads -------------------------------------------------------------------------------------
@@ -278,7 +278,7 @@ class MultiDeviceSolver:
         losses = self._map(lambda replica: replica.net.forward_backward())
         return float(sum(losses)) / self.size
 
-    def _gradients_ready(self, loss):
+    def on_gradients_ready(self):
         """Sum each gradient over the replicas, divide by N; the replicas other than the root update here."""
         scale = 1.0 / self.size
         for k in range(len(self.buckets[0])):
@@ -293,7 +293,6 @@ class MultiDeviceSolver:
             replica.apply_update()
         self._map(update, range(1, self.size))
         self._passes = 0
-        return loss
 
     # -- training ---------------------------------------------------------------------------------------------------
     def step(self, iters):

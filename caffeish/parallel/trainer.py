@@ -18,9 +18,9 @@ the sharded readers and the resume state.
 
 Overlap.  The gradients are all-reduced in buckets of about ``CAFFEISH_BUCKET_MB`` MB (default 25),
 each started with a non-blocking all-reduce as soon as the backward pass has gone through every
-layer holding its parameters (``Net.on_layer_backward``), in backward order; the
-solver waits for all of them (``Solver.on_gradients_ready``) before ``apply_update``.  Parameters
-no layer computes a gradient for (``lr_mult: 0``, frozen layers) are not sent.
+layer holding its parameters (a ``Net.after_backward`` callback), in backward order; the
+solver waits for all of them (the trainer's ``on_gradients_ready``, a solver callback) before
+``apply_update``.  Parameters no layer computes a gradient for (``lr_mult: 0``, frozen layers) are not sent.
 
 Roles.  Rank 0 alone logs at INFO (the others log warnings and errors), runs the test nets and
 writes the snapshots.  Stop/snapshot requests (SIGINT, SIGHUP) are exchanged with the gradients and
@@ -173,10 +173,8 @@ class DataParallel:
         self._root_snapshotted = False
         #: Seconds spent waiting for the all-reduce after the backward pass, and iterations.
         self.stats = {"wait_s": 0.0, "iterations": 0}
-        self.net.on_layer_backward = self._layer_backward_done
-        solver.on_gradients_ready = self._gradients_ready
-        self._write_snapshot = solver.snapshot
-        solver.snapshot = self._snapshot
+        self.net.after_backward(self._layer_backward_done)
+        solver.add_callback(self)
         self._log_setup()
 
     # -- set-up -----------------------------------------------------------------------------------------------------
@@ -270,7 +268,10 @@ class DataParallel:
                                                                                          p.test_initialization)
         return 0 if testing or self._root_snapshotted else None
 
-    def _gradients_ready(self, loss):
+    # -- the solver's callbacks --------------------------------------------------------------------------------------
+    def on_gradients_ready(self):
+        """Wait for every bucket's all-reduce and scale the sums to means; the loss becomes the ranks' mean."""
+        loss = self.solver.iteration_loss
         for bucket in self.buckets:  # any a layer hook did not start (none, normally)
             self._start(bucket)
         self.control[:] = (loss, "stop" in self._pending, "snapshot" in self._pending)
@@ -290,16 +291,13 @@ class DataParallel:
         self._seen.clear()
         self._root_snapshotted = False
         self._agreed = "stop" if self.control[1] > 0 else "snapshot" if self.control[2] > 0 else "none"
-        return float(self.control[0]) / self.size
+        self.solver.iteration_loss = float(self.control[0]) / self.size
 
-    # -- snapshots --------------------------------------------------------------------------------------------------
-    def _snapshot(self):
-        """Every rank checks that the weights are still the same everywhere; rank 0 writes the files."""
+    def before_snapshot(self):
+        """Every rank checks that the weights are still the same everywhere; rank 0 alone writes the files."""
         self.check_same_weights()
         self._root_snapshotted = True
-        if self.world.root:
-            return self._write_snapshot()
-        return None
+        return self.world.root
 
     def check_same_weights(self):
         """Whether every rank holds the same weights (per-parameter sums compared); rank 0 warns if not."""

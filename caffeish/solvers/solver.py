@@ -81,23 +81,35 @@ class Solver:
         self.action_request = None
         #: Called after each iteration with the solver (the CLI's progress bar).
         self.on_iteration = None
-        #: Called with the iteration's loss once the gradients are computed, before ``apply_update``; returns the
-        #: loss to report (data-parallel training all-reduces the gradients and the loss here).
-        self.on_gradients_ready = None
-        #: pycaffe's callbacks: ``(on_start, on_gradients_ready)`` pairs, called with no arguments at the start of
-        #: each iteration and once its gradients are computed (``add_callback``).
+        #: Objects told of the solver's progress (``add_callback``), in the order added.
         self.callbacks = []
+        #: The loss this iteration reports; an ``on_gradients_ready`` callback may replace it (data-parallel
+        #: training puts the mean over the replicas here).
+        self.iteration_loss = 0.0
         log.info("Solver scaffolding done.")
 
     def add_callback(self, on_start, on_gradients_ready=None):
-        """pycaffe's ``solver.add_callback(on_start, on_gradients_ready)``, or ``add_callback(obj)`` for an object
-        with those two methods (a ``caffeish.NCCL``)."""
-        if on_gradients_ready is None and hasattr(on_start, "on_gradients_ready"):
-            on_start, on_gradients_ready = on_start.on_start, on_start.on_gradients_ready
-        for fn in (on_start, on_gradients_ready):
-            if fn is not None and not callable(fn):
-                raise CaffeishError(f"add_callback needs callables, not {fn!r}")
-        self.callbacks.append((on_start, on_gradients_ready))
+        """Hook into the iteration, as Caffe's Solver::Callback: ``add_callback(obj)`` for an object with any of
+        ``on_start()`` (each iteration, before forward), ``on_gradients_ready()`` (the gradients are computed,
+        before the update), ``before_snapshot()`` (returning False: this process writes no snapshot) and
+        ``after_snapshot(paths)``; or pycaffe's ``add_callback(on_start, on_gradients_ready)`` with two callables."""
+        if on_gradients_ready is not None or callable(on_start) and not _is_callback(on_start):
+            for fn in (on_start, on_gradients_ready):
+                if fn is not None and not callable(fn):
+                    raise CaffeishError(f"add_callback needs callables, not {fn!r}")
+            on_start = _Callback(on_start, on_gradients_ready)
+        elif not _is_callback(on_start):
+            raise CaffeishError(f"add_callback needs an object with on_start/on_gradients_ready/before_snapshot/"
+                                f"after_snapshot methods, or two callables, not {on_start!r}")
+        self.callbacks.append(on_start)
+
+    def _call_back(self, point, *args):
+        results = []
+        for callback in self.callbacks:
+            fn = getattr(callback, point, None)
+            if fn is not None:
+                results.append(fn(*args))
+        return results
 
     # -- set-up -----------------------------------------------------------------
     def check_parameters(self):
@@ -229,18 +241,15 @@ class Solver:
                     break
             display = p.display and self.iter % p.display == 0
             self.net.debug_info = bool(display and p.debug_info)
-            for on_start, _ in self.callbacks:
-                on_start()
+            self._call_back("on_start")
             loss = 0.0
             for _ in range(p.iter_size):
                 loss += self.forward_backward()
             loss /= p.iter_size
             check_finite(self.net, loss, self.iter)
-            for _, on_gradients_ready in self.callbacks:
-                if on_gradients_ready is not None:
-                    on_gradients_ready()
-            if self.on_gradients_ready is not None:
-                loss = self.on_gradients_ready(loss)
+            self.iteration_loss = loss
+            self._call_back("on_gradients_ready")
+            loss = self.iteration_loss
             self._update_smoothed_loss(loss, start_iter, p.average_loss)
             if display:
                 lapse = time.perf_counter() - timer
@@ -477,6 +486,8 @@ class Solver:
         snapshot wrote, keeps the previous snapshot, and then stops training with a CaffeishError
         (``on_snapshot_error = "stop"``, the default) or logs it and trains on (``"continue"``).
         """
+        if False in self._call_back("before_snapshot"):
+            return None
         hdf5 = self.param.snapshot_format == caffe_pb2.SolverParameter.HDF5
         model = self.snapshot_filename(".caffemodel.h5" if hdf5 else ".caffemodel")
         state = self.snapshot_filename(".solverstate.h5" if hdf5 else ".solverstate")
@@ -498,6 +509,7 @@ class Solver:
         except OSError as e:
             return self._snapshot_failed(written or model, model if written == state else None, e)
         self.last_snapshot = (model, state)
+        self._call_back("after_snapshot", self.last_snapshot)
         return model, state
 
     #: What a failed snapshot write does: "stop" (raise CaffeishError) or "continue" (log it and train on).
@@ -541,6 +553,21 @@ class Solver:
         _set_layer_states(self.net, state.get("train", {}))
         for net, states in zip(self.test_nets, state.get("test", [])):
             _set_layer_states(net, states)
+
+
+_CALLBACK_POINTS = ("on_start", "on_gradients_ready", "before_snapshot", "after_snapshot")
+
+
+def _is_callback(obj):
+    return any(callable(getattr(obj, point, None)) for point in _CALLBACK_POINTS)
+
+
+class _Callback:
+    """pycaffe's pair of callables as a callback object."""
+
+    def __init__(self, on_start, on_gradients_ready):
+        self.on_start = on_start
+        self.on_gradients_ready = on_gradients_ready
 
 
 def _dot(a, b):

@@ -97,8 +97,8 @@ def test_buckets_start_during_the_last_backward_pass_and_give_one_process_gradie
     dp = DataParallel(s, fake_world(events), bucket_bytes=1)
     dp.broadcast_from_root()
     events.clear()  # (set-up's own collectives)
-    hook = s.net.on_layer_backward
-    s.net.on_layer_backward = lambda lid: (events.append(("backward", s.net._layer_names[lid])), hook(lid))
+    hooks = s.net._callbacks["after_backward"]
+    hooks.insert(0, lambda lid: events.append(("backward", s.net._layer_names[lid])))  # before the trainer's
     s.step(1)
     one_pass = [("backward", n) for n in ("loss", "ip2", "ip_shared", "relu", "ip1")]
     assert events[:5] == one_pass  # the first pass of iter_size 2 starts nothing
