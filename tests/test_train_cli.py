@@ -89,6 +89,28 @@ def test_the_log_starts_with_caffes_set_up_lines_unless_quiet(tmp_path):
     assert "Top shape" not in run("train", "--solver", solver, "-q").stderr
 
 
+def test_the_solver_file_is_read_once_per_run(tmp_path):
+    solver = write_solver(tmp_path, max_iter=2)
+    script = tmp_path / "count.py"
+    script.write_text(f"""
+import sys
+import caffeish.prototxt as p
+from caffeish.cli import main
+reads, real = [], p.read_text_proto
+def counting(path, message_type):
+    reads.append(str(path))
+    return real(path, message_type)
+p.read_text_proto = counting
+try:
+    main(["train", "--solver", {solver!r}, "--quiet"])
+except SystemExit:
+    pass
+print("solver reads:", reads.count({solver!r}))
+""")
+    out = subprocess.run([sys.executable, str(script)], env=ENV, capture_output=True, text=True, timeout=120)
+    assert "solver reads: 1" in out.stdout, out.stdout + out.stderr
+
+
 def test_resume_from_snapshot_through_cli(tmp_path):
     solver = write_solver(tmp_path, max_iter=60, snapshot=30, momentum=0.9)
     run("train", "-solver", solver)

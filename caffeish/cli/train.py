@@ -176,11 +176,11 @@ def _train(solver, weights, snapshot, gpu, level, stage, sigint_effect, sighup_e
     md = None
     try:
         if gpus:
-            md = parallel.MultiDeviceSolver(solver, gpus, solver_type=param.type, level=level,
-                                            stages=parse_stages(stage))
+            md = parallel.MultiDeviceSolver(param, gpus, solver_type=param.type, level=level,
+                                            stages=parse_stages(stage), source=solver)
             s = md.root
         else:
-            s = cls(solver, level=level, stages=parse_stages(stage))
+            s = cls(param, level=level, stages=parse_stages(stage), source=solver)  # the file is parsed once
     except CaffeishError as e:
         raise e.in_file(solver) from None
     s.on_snapshot_error = on_snapshot_error

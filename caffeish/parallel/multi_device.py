@@ -22,6 +22,7 @@ other way round), so nothing depends on how CuPy's per-thread streams are config
 """
 import contextlib
 import logging
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -115,13 +116,15 @@ class MultiDeviceSolver:
     """
 
     def __init__(self, solver, devices, *, solver_type=None, level=None, stages=None, dtype=numpy.float32,
-                 reducer=None, threads=None, bucket_bytes=None):
+                 reducer=None, threads=None, bucket_bytes=None, source=None):
         from ..solvers import SOLVERS, upgrade_solver_type
         self.devices = parse_devices(devices)
         self.size = len(self.devices)
         self.gpu = self.devices[0] != "cpu"
+        if not isinstance(solver, caffe_pb2.SolverParameter):
+            source = os.fspath(solver)
         param = caffe_pb2.SolverParameter()
-        param.CopyFrom(read_solver_param(solver))
+        param.CopyFrom(read_solver_param(solver))  # parsed once for every replica
         upgrade_solver_type(param)
         cls = SOLVERS.get(solver_type or param.type)
         if self.gpu:
@@ -143,7 +146,7 @@ class MultiDeviceSolver:
                     backend.set_random_seed(seed)
                     if r and self.gpu:  # each GPU its own random stream (Dropout masks differ between replicas)
                         backend.cupy.random.seed(int(numpy.random.SeedSequence([seed, r]).generate_state(1)[0]))
-                    self.replicas.append(cls(solver, level=level, stages=stages, dtype=dtype))
+                    self.replicas.append(cls(param, level=level, stages=stages, dtype=dtype, source=source))
             self.root = self.replicas[0]
             for replica in self.replicas[1:]:  # the root alone tests
                 for net in replica.test_nets:

@@ -46,8 +46,10 @@ class Solver:
     #: How many history blobs per learnable parameter (2 for AdaDelta and Adam).
     history_sets = 1
 
-    def __init__(self, solver, *, level=None, stages=None, dtype=numpy.float32):
-        self.source = os.fspath(solver) if not isinstance(solver, caffe_pb2.SolverParameter) else None
+    def __init__(self, solver, *, level=None, stages=None, dtype=numpy.float32, source=None):
+        """``solver``: a solver prototxt path or text, or a parsed SolverParameter (then ``source``, the file it
+        came from, if any: relative net paths are looked up beside it)."""
+        self.source = os.fspath(solver) if not isinstance(solver, caffe_pb2.SolverParameter) else source
         param = caffe_pb2.SolverParameter()
         param.CopyFrom(read_solver_param(solver))
         upgrade_solver_type(param)
