@@ -8,6 +8,7 @@ graph backwards to find which layers contribute to a loss and need backward.
 import logging
 import os
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import numpy
 from google.protobuf import text_format
@@ -28,6 +29,27 @@ log = logging.getLogger("caffeish")
 setup_log = logging.getLogger("caffeish.setup")
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
+
+
+@dataclass
+class Learnable:
+    """A parameter the solver trains: its blob (the owner's, where layers share it by name) and multipliers."""
+    blob: Blob
+    name: str                 # the ParamSpec name, or "<layer>[<index>]"
+    lr_mult: float = 1.0
+    decay_mult: float = 1.0
+    lr_given: bool = False    # whether a ParamSpec set it (every layer sharing it must then agree)
+    decay_given: bool = False
+
+
+@dataclass
+class ParamRecord:
+    """One parameter blob of one layer, in net order (layer by layer, then the layer's own order)."""
+    blob: Blob
+    layer_id: int
+    index: int                # in its layer's blobs
+    learnable: int            # its Learnable in ``net.learnables`` (the owner's, for a shared blob)
+    owner: int = -1           # the ParamRecord it shares data and diff with; -1: its own
 
 
 class Net(PycaffeNet):
@@ -94,10 +116,9 @@ class Net(PycaffeNet):
         self.bottom_need_backward, self.layer_need_backward = [], []
         self.blob_need_backward = {}
         self.blob_loss_weights = OrderedDict()
-        self._params, self._param_owners, self._param_display = [], [], []
+        #: Every parameter blob of every layer; ``learnables`` the distinct ones the solver trains.
+        self.param_records, self.learnables = [], []
         self._param_names_index = {}
-        self.learnable_params, self.params_lr, self.params_weight_decay = [], [], []
-        self._has_lr, self._has_decay, self._learnable_index = [], [], []
         self.inputs = []
         available = OrderedDict()
 
@@ -187,6 +208,10 @@ class Net(PycaffeNet):
         self._prune_backward(param.force_backward)
         self.outputs = list(available)
         self._share_weights()
+        # Views the solvers index by learnable id (built once: the structure does not change after set-up).
+        self.learnable_params = [p.blob for p in self.learnables]
+        self.params_lr = [p.lr_mult for p in self.learnables]
+        self.params_weight_decay = [p.decay_mult for p in self.learnables]
         self.layer_dict = OrderedDict(zip(self._layer_names, self.layers))
         if setup_log.isEnabledFor(logging.INFO):
             self._log_setup()
@@ -220,7 +245,7 @@ class Net(PycaffeNet):
     def _check_memory(self):
         """Refuse a net whose blobs (data, and diffs when it learns) would not fit in memory, naming the largest."""
         sizes = {}
-        for blob in list(self.blobs.values()) + self._params:
+        for blob in list(self.blobs.values()) + [p.blob for p in self.param_records]:
             key = id(blob._data_buf) if blob._data_buf is not None else id(blob)
             sizes[key] = max(sizes.get(key, (0, None))[0], blob.count * blob.dtype.itemsize), blob
         total = sum(size for size, _ in sizes.values())
@@ -240,46 +265,44 @@ class Net(PycaffeNet):
     def _append_param(self, lp, layer, layer_id, pid):
         spec = lp.param[pid] if pid < len(lp.param) else None
         name = spec.name if spec is not None else ""
-        net_pid = len(self._params)
         blob = layer.blobs[pid]
-        self._params.append(blob)
-        self._param_display.append(name or f"{lp.name}[{pid}]")
         if not name or name not in self._param_names_index:
-            self._param_owners.append(-1)
             if name:
-                self._param_names_index[name] = net_pid
-            self._learnable_index.append(len(self.learnable_params))
-            self.learnable_params.append(blob)
-            self._has_lr.append(spec is not None and spec.HasField("lr_mult"))
-            self._has_decay.append(spec is not None and spec.HasField("decay_mult"))
-            self.params_lr.append(spec.lr_mult if spec is not None else 1.0)
-            self.params_weight_decay.append(spec.decay_mult if spec is not None else 1.0)
+                self._param_names_index[name] = len(self.param_records)
+            self.param_records.append(ParamRecord(blob, layer_id, pid, len(self.learnables)))
+            self.learnables.append(Learnable(
+                blob, name or f"{lp.name}[{pid}]",
+                lr_mult=spec.lr_mult if spec is not None else 1.0,
+                decay_mult=spec.decay_mult if spec is not None else 1.0,
+                lr_given=spec is not None and spec.HasField("lr_mult"),
+                decay_given=spec is not None and spec.HasField("decay_mult")))
             return
         owner = self._param_names_index[name]
-        owner_blob = self._params[owner]
+        owner_blob = self.param_records[owner].blob
         strict = spec.share_mode == caffe_pb2.ParamSpec.STRICT
         if (strict and owner_blob.shape != blob.shape) or owner_blob.count != blob.count:
             raise CaffeishError(f"cannot share parameter '{name}': its owner has shape {owner_blob.shape} but this "
                                 f"layer's param {pid} has shape {blob.shape}"
                                 + ("" if not strict else " (share_mode STRICT needs equal shapes)"),
                                 layer=lp.name, layer_type=lp.type)
-        self._param_owners.append(owner)
-        lid = self._learnable_index[owner]
-        self._learnable_index.append(lid)
-        for has, values, field in ((self._has_lr, self.params_lr, "lr_mult"),
-                                   (self._has_decay, self.params_weight_decay, "decay_mult")):
+        learnable = self.param_records[owner].learnable
+        self.param_records.append(ParamRecord(blob, layer_id, pid, learnable, owner))
+        trained = self.learnables[learnable]
+        for field, given in (("lr_mult", "lr_given"), ("decay_mult", "decay_given")):
             if spec.HasField(field):
                 value = getattr(spec, field)
-                if has[lid] and values[lid] != value:
-                    raise CaffeishError(f"shared parameter '{name}' has {field} {value} here but {values[lid]} "
-                                        "where it was first declared", layer=lp.name, layer_type=lp.type)
-                has[lid], values[lid] = True, value
+                if getattr(trained, given) and getattr(trained, field) != value:
+                    raise CaffeishError(f"shared parameter '{name}' has {field} {value} here but "
+                                        f"{getattr(trained, field)} where it was first declared", layer=lp.name,
+                                        layer_type=lp.type)
+                setattr(trained, field, value)
+                setattr(trained, given, True)
 
     def _share_weights(self):
-        for blob, owner in zip(self._params, self._param_owners):
-            if owner >= 0:
-                blob.share_data(self._params[owner])
-                blob.share_diff(self._params[owner])
+        for record in self.param_records:
+            if record.owner >= 0:
+                record.blob.share_data(self.param_records[record.owner].blob)
+                record.blob.share_diff(self.param_records[record.owner].blob)
 
     def _prune_backward(self, force_backward):
         """Skip backward for layers that feed no loss (Caffe's Net::Init second pass)."""

@@ -42,8 +42,8 @@ def save_net_hdf5(net, path, write_diff=False):
     def fill(f):
         data = f.create_group("data")
         diff = f.create_group("diff") if write_diff else None
-        owners = iter(net._param_owners)
-        for name, layer in zip(net._layer_names, net.layers):
+        owners = iter(record.owner for record in net.param_records)
+        for name, layer in zip(net.layer_names, net.layers):
             group = data.create_group(name)
             dgroup = diff.create_group(name) if diff is not None else None
             for j, blob in enumerate(layer.blobs):
@@ -78,7 +78,7 @@ def _copy_hdf5(net, f, path):
     if "data" not in f:
         raise CaffeishError(f"{path} holds no 'data' group: it is not a Caffe HDF5 weights file")
     data = f["data"]
-    for name, layer in zip(net._layer_names, net.layers):
+    for name, layer in zip(net.layer_names, net.layers):
         if name not in data:
             if layer.blobs:
                 log.info("Layer %s is not in %s: its parameters keep their fillers", name, path)

@@ -161,6 +161,10 @@ def test_weight_sharing_sums_gradients():
     wa, wb = net.params["ip_a"][0], net.params["ip_b"][0]
     assert wa.shares_data_with(wb)
     assert len(net.learnable_params) == 2
+    # one record per layer blob; the second layer's point at the first's, and both at the same learnables
+    assert [(r.layer_id, r.index, r.learnable, r.owner) for r in net.param_records] == \
+        [(1, 0, 0, -1), (1, 1, 1, -1), (2, 0, 0, 0), (2, 1, 1, 1)]
+    assert [p.name for p in net.learnables] == ["w", "b"] and net.learnable_params[0] is wa
     fill_inputs(net)
     net.clear_param_diffs()
     net.forward_prefilled()
@@ -168,6 +172,22 @@ def test_weight_sharing_sums_gradients():
     analytic = [b.diff.copy() for b in net.learnable_params]
     for a, n in zip(analytic, numeric_param_grads(net)):
         numpy.testing.assert_allclose(a, n, rtol=1e-5, atol=1e-8)
+
+
+def test_shared_multipliers_are_merged_and_must_agree():
+    text = """
+    layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 3 dim: 4 } } }
+    layer { name: "ip_a" type: "InnerProduct" bottom: "x" top: "a" param { name: "w" } param { lr_mult: 2 }
+            inner_product_param { num_output: 4 } }
+    layer { name: "ip_b" type: "InnerProduct" bottom: "a" top: "c" param { name: "w" lr_mult: 3 decay_mult: 0 }
+            inner_product_param { num_output: 4 } }
+    """
+    net = make(text)
+    assert net.params_lr == [3.0, 2.0, 1.0] and net.params_weight_decay == [0.0, 1.0, 1.0]
+    assert [p.name for p in net.learnables] == ["w", "ip_a[1]", "ip_b[1]"]
+    with pytest.raises(CaffeishError, match="layer 'ip_b'.*shared parameter 'w' has lr_mult 5.0 here but 3.0 where"):
+        make(text.replace('param { name: "w" } param { lr_mult: 2 }', 'param { name: "w" lr_mult: 3 } '
+                          'param { lr_mult: 2 }').replace('lr_mult: 3 decay_mult: 0', 'lr_mult: 5'))
 
 
 def test_sharing_shape_mismatch_is_clear():

@@ -87,13 +87,10 @@ def gradient_layers(net):
     """``[(learnable param index, layer id)]`` in backward order: each trained parameter and the layer after
     whose backward its gradient is complete (the first, in forward order, of the layers sharing it)."""
     ready = {}
-    pid = 0
-    for lid, layer in enumerate(net.layers):
-        for j in range(len(layer.blobs)):
-            index = net._learnable_index[pid]
-            pid += 1
-            if net.layer_need_backward[lid] and layer.param_propagate_down[j]:
-                ready[index] = min(ready.get(index, lid), lid)
+    for record in net.param_records:
+        lid, index = record.layer_id, record.learnable
+        if net.layer_need_backward[lid] and net.layers[lid].param_propagate_down[record.index]:
+            ready[index] = min(ready.get(index, lid), lid)
     return sorted(ready.items(), key=lambda item: (-item[1], item[0]))
 
 
@@ -312,13 +309,10 @@ class DataParallel:
         high, low = both[:len(sums)], -both[len(sums):]
         differ = numpy.flatnonzero(~((high == low) | (numpy.isnan(high) & numpy.isnan(low))))
         if differ.size and self.world.root:
-            names = ", ".join(self.net._param_display[self._display_index(i)] for i in differ[:5])
+            names = ", ".join(self.net.learnables[i].name for i in differ[:5])
             log.warning("The weights differ between ranks at iteration %d (%d parameter blob(s): %s): the ranks no "
                         "longer train one model", self.solver.iter, differ.size, names)
         return not differ.size
-
-    def _display_index(self, learnable_index):
-        return self.net._learnable_index.index(learnable_index)
 
     # -- the end ----------------------------------------------------------------------------------------------------
     def finish(self):

@@ -368,7 +368,7 @@ class Solver:
             self.update_param(i, rate)
         if self.net.debug_info:
             for i, blob in enumerate(self.net.learnable_params):
-                log.info("    [Update] Param %s data: %g; diff: %g", self.net._param_display[i],
+                log.info("    [Update] Param %s data: %g; diff: %g", self.net.learnables[i].name,
                          blob.asum_data() / blob.count, blob.asum_diff() / blob.count)
 
     #: The solver type's fused CUDA kernel (``caffeish.cuda.solver_updates``), used for CuPy parameters

@@ -98,9 +98,8 @@ def summarize(net):
     """The Summary of a built caffeish Net."""
     summary = Summary(name=net.name, phase=caffe_pb2.Phase.Name(net.phase))
     index = 0
-    owners = net._param_owners
-    for lid, layer in enumerate(net.layers):
-        name = net._layer_names[lid]
+    owners = [record.owner for record in net.param_records]
+    for lid, (name, layer) in enumerate(zip(net.layer_names, net.layers)):
         params, shared = 0, False
         for blob in layer.blobs:
             owned = owners[index] < 0

@@ -33,7 +33,7 @@ def solver(**fields):
 def test_gradient_layers_follow_backward_order_and_sharing():
     s = solver()
     names = s.net._layer_names
-    found = [(s.net._param_display[s.net._learnable_index.index(i)], names[lid]) for i, lid in gradient_layers(s.net)]
+    found = [(s.net.learnables[i].name, names[lid]) for i, lid in gradient_layers(s.net)]
     # ip2's weight and bias first; then ip_shared's bias; the shared w1 is complete after ip1, the first holder;
     # ip1's bias (lr_mult 0) is not sent at all.
     assert found == [("ip2[0]", "ip2"), ("ip2[1]", "ip2"), ("ip_shared[1]", "ip_shared"), ("w1", "ip1")]
