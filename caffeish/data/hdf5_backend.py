@@ -39,28 +39,30 @@ def _row_datum(row, label):
     return datum
 
 
-def _read_list(list_path):
-    """The .h5 paths an HDF5Data ``source`` names: as written, else relative to the list file's folder."""
+def read_hdf5_list(list_path):
+    """The .h5 paths a list file names (an HDF5Data ``source``, a database's ``list.txt``): whitespace-separated
+    names as Caffe reads them, each taken as written (from the current directory), else from the list file's
+    folder, else by its base name in that folder (a list moved with its files)."""
     try:
         with open(list_path, encoding="utf-8") as f:
             lines = f.read().splitlines()
     except OSError as e:
-        raise CaffeishError(f"cannot read {list_path}: {e.strerror or e}") from None
+        raise CaffeishError(f"cannot read the HDF5 file list: {e.strerror or e}", path=list_path) from None
     except UnicodeDecodeError:
-        raise CaffeishError(f"{list_path} is not a text list of .h5 files") from None
+        raise CaffeishError("the HDF5 file list is not a text file", path=list_path) from None
     base = os.path.dirname(os.path.abspath(list_path))
     files = []
     for number, line in enumerate(lines, 1):
-        name = line.strip()
-        if not name:
-            continue
-        candidates = [name, os.path.join(base, name), os.path.join(base, os.path.basename(name))]
-        found = next((c for c in candidates if os.path.isfile(c)), None)
-        if found is None:
-            raise CaffeishError(f"{list_path}:{number}: HDF5 file '{name}' does not exist")
-        files.append(found)
+        for name in line.split():
+            candidates = [name] if os.path.isabs(name) else [name, os.path.join(base, name)]
+            candidates.append(os.path.join(base, os.path.basename(name)))
+            found = next((c for c in candidates if os.path.isfile(c)), None)
+            if found is None:
+                tried = " or ".join(dict.fromkeys(os.path.abspath(c) for c in candidates))
+                raise CaffeishError(f"{list_path}:{number}: HDF5 file '{name}' does not exist (tried {tried})")
+            files.append(found)
     if not files:
-        raise CaffeishError("the HDF5 list names no files (the database is empty)", path=list_path)
+        raise CaffeishError("the HDF5 file list names no files (Caffe needs at least one)", path=list_path)
     return files
 
 
@@ -73,10 +75,10 @@ def hdf5_files(path):
         list_path = os.path.join(path, LIST_NAME)
         if not os.path.isfile(list_path):
             raise CaffeishError(f"is not an HDF5 database: the directory has no {LIST_NAME}", path=path)
-        return _read_list(list_path)
+        return read_hdf5_list(list_path)
     if h5py.is_hdf5(path):
         return [path]
-    return _read_list(path)
+    return read_hdf5_list(path)
 
 
 class HDF5DB:

@@ -12,39 +12,16 @@ is loaded.  No transformations (Caffe refuses a transform_param here).  In data-
 reads every N-th row of that stream (``set_shard``; see ``caffeish.data.prefetch``).
 """
 import math
-import os
 
 import h5py
 import numpy
 
+from ..data.hdf5_backend import read_hdf5_list
 from ..data.prefetch import ROW_SHUFFLE_STREAM, SHUFFLE_STREAM, PrefetchingDataLayer, Reader, stream_rng
 from ..blob import memory_limit
 from ..errors import CaffeishError
 from ..layer import register_layer
 from ..weights import H5_ERRORS
-
-
-def read_hdf5_list(source):
-    """The .h5 paths a source list names, resolved (current dir first, then the list's dir)."""
-    try:
-        with open(source, encoding="utf-8") as f:
-            names = f.read().split()
-    except OSError as e:
-        raise CaffeishError(f"cannot read the HDF5 file list: {e.strerror or e}", path=source) from None
-    except UnicodeDecodeError:
-        raise CaffeishError("the HDF5 file list is not a text file", path=source) from None
-    if not names:
-        raise CaffeishError("the HDF5 file list names no files (Caffe needs at least one)", path=source)
-    base = os.path.dirname(os.path.abspath(source))
-    files = []
-    for name in names:
-        candidates = [name] if os.path.isabs(name) else [name, os.path.join(base, name)]
-        found = next((c for c in candidates if os.path.isfile(c)), None)
-        if found is None:
-            tried = " or ".join(os.path.abspath(c) for c in candidates)
-            raise CaffeishError(f"HDF5 file '{name}' does not exist (tried {tried})", path=source)
-        files.append(found)
-    return files
 
 
 def inspect_hdf5(path, datasets):

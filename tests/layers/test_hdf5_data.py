@@ -134,7 +134,7 @@ def test_hdf5_errors(tmp_path, opened):
     with pytest.raises(CaffeishError, match=r"part0.h5.*no dataset 'nope'"):
         hdf5_layer(opened, source, tops=("data", "nope"))
     (tmp_path / "missing.txt").write_text("part0.h5\nghost.h5\n")
-    with pytest.raises(CaffeishError, match=r"missing.txt: HDF5 file 'ghost.h5' does not exist"):
+    with pytest.raises(CaffeishError, match=r"missing.txt:\d+: HDF5 file 'ghost.h5' does not exist"):
         hdf5_layer(opened, tmp_path / "missing.txt")
     (tmp_path / "empty.txt").write_text("\n")
     with pytest.raises(CaffeishError, match="empty.txt: the HDF5 file list names no files"):
