@@ -8,12 +8,14 @@ With ``g`` the regularized gradient, ``r`` the local rate, ``d`` = delta:
     Adam:      m1 <- b1 m1 + (1 - b1) g;  m2 <- b2 m2 + (1 - b2) g^2;
                update = r sqrt(1 - b2^t) / (1 - b1^t) * m1 / (sqrt(m2) + d),  t = iter + 1
 
-On the GPU each type's whole step (normalize, regularize, update, apply) is one fused CUDA kernel
-(``cuda_kind``; see ``caffeish.cuda.solver_updates``) with the same operations in the same order.
+On the GPU each type's whole step (normalize, regularize, update, apply) is one fused CUDA kernel: its
+update step is written here in CUDA C beside the numpy one (``cuda_kernel``; the common head in
+``caffeish.cuda.solver_updates``), with the same operations in the same order.
 """
 import math
 
 from ..backend import get_array_module
+from ..cuda.solver_updates import update_kernel
 from ..errors import CaffeishError
 from .solver import Solver, register_solver
 
@@ -34,7 +36,14 @@ def _divide_by_rms(xp, g, h, tmp, delta, local_rate):
 
 @register_solver("AdaGrad")
 class AdaGradSolver(Solver):
-    cuda_kind = "AdaGrad"
+    cuda_kernel = update_kernel("adagrad_update", "T* history, const T delta, const T rate", """
+  const T h = history[i] + g * g;
+  history[i] = h;
+  g = g / (sqrt(h) + delta) * rate;""")
+
+    def cuda_scalars(self, i, rate):
+        return self.param.delta, self.local_rate(i, rate)
+
     def check_parameters(self):
         _no_momentum(self)
 
@@ -50,7 +59,16 @@ class AdaGradSolver(Solver):
 
 @register_solver("RMSProp")
 class RMSPropSolver(Solver):
-    cuda_kind = "RMSProp"
+    cuda_kernel = update_kernel("rmsprop_update", "T* history, const T decay_rate, const T one_minus_decay, "
+                                "const T delta, const T rate", """
+  const T h = history[i] * decay_rate + g * g * one_minus_decay;
+  history[i] = h;
+  g = g / (sqrt(h) + delta) * rate;""")
+
+    def cuda_scalars(self, i, rate):
+        d = self.param.rms_decay
+        return d, 1 - d, self.param.delta, self.local_rate(i, rate)
+
     def check_parameters(self):
         _no_momentum(self)
         if not 0 <= self.param.rms_decay < 1:
@@ -70,8 +88,18 @@ class RMSPropSolver(Solver):
 
 @register_solver("AdaDelta")
 class AdaDeltaSolver(Solver):
-    cuda_kind = "AdaDelta"
     history_sets = 2
+    cuda_kernel = update_kernel("adadelta_update", "T* history, T* history2, const T momentum, "
+                                "const T one_minus_momentum, const T delta, const T rate", """
+  const T h = history[i] * momentum + g * g * one_minus_momentum;
+  history[i] = h;
+  g = g * sqrt((history2[i] + delta) / (h + delta));
+  history2[i] = history2[i] * momentum + g * g * one_minus_momentum;
+  g = g * rate;""")
+
+    def cuda_scalars(self, i, rate):
+        m = self.param.momentum
+        return m, 1 - m, self.param.delta, self.local_rate(i, rate)
 
     def compute_update_value(self, i, rate):
         blob = self.net.learnable_params[i]
@@ -97,8 +125,23 @@ class AdaDeltaSolver(Solver):
 
 @register_solver("Adam")
 class AdamSolver(Solver):
-    cuda_kind = "Adam"
     history_sets = 2
+    cuda_kernel = update_kernel("adam_update", "T* history, T* history2, const T beta1, const T one_minus_beta1, "
+                                "const T beta2, const T one_minus_beta2, const T delta, const T rate", """
+  const T m1 = history[i] * beta1 + g * one_minus_beta1;
+  const T m2 = history2[i] * beta2 + g * g * one_minus_beta2;
+  history[i] = m1;
+  history2[i] = m2;
+  g = m1 / (sqrt(m2) + delta) * rate;""")
+
+    def cuda_scalars(self, i, rate):
+        b1, b2 = self.param.momentum, self.param.momentum2
+        return b1, 1 - b1, b2, 1 - b2, self.param.delta, self.local_rate(i, rate) * self._correction()
+
+    def _correction(self):
+        """Adam's bias correction sqrt(1 - b2^t) / (1 - b1^t), t = iter + 1."""
+        t = self.iter + 1
+        return math.sqrt(1 - self.param.momentum2 ** t) / (1 - self.param.momentum ** t)
 
     def check_parameters(self):
         for name in ("momentum", "momentum2"):
@@ -112,8 +155,7 @@ class AdamSolver(Solver):
         m1, m2 = self.history_blob(i, 0).data, self.history_blob(i, 1).data
         xp = get_array_module(m1)
         g, b1, b2 = blob.diff, self.param.momentum, self.param.momentum2
-        t = self.iter + 1
-        correction = math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+        correction = self._correction()
         tmp = self.scratch(blob, 0)
         xp.multiply(g, 1 - b1, out=tmp)
         m1 *= b1

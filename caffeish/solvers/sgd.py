@@ -11,12 +11,14 @@ momentum step, and applying the update (data -= update) -- is fused: it runs on 
 memory once and its intermediate results stay in the CPU's cache, instead of one full pass over
 memory per step; large parameters are split into one range per thread (``caffeish.im2col.parallel_for``).
 The operations and their order are those of the unfused sequence, so the results are the same to
-the last bit.  On the GPU one CUDA kernel does the whole sequence (``caffeish.cuda.solver_updates``,
-same operations, same results), or, for arrays it does not take, one slice (the whole parameter).
+the last bit.  On the GPU one CUDA kernel does the whole sequence (each class's ``cuda_kernel``, its step
+in CUDA C beside the numpy one, with the common head in ``caffeish.cuda.solver_updates``: same operations,
+same results), or, for arrays it does not take, one slice (the whole parameter).
 """
 import numpy
 
 from ..backend import get_array_module
+from ..cuda.solver_updates import update_kernel
 from ..im2col import parallel_for
 from .solver import Solver, register_solver
 
@@ -77,7 +79,13 @@ class _FusedSolver(Solver):
 
 @register_solver("SGD")
 class SGDSolver(_FusedSolver):
-    cuda_kind = "SGD"
+    cuda_kernel = update_kernel("sgd_update", "T* history, const T momentum, const T rate", """
+  const T v = history[i] * momentum + g * rate;
+  history[i] = v;
+  g = v;""")
+
+    def cuda_scalars(self, i, rate):
+        return self.param.momentum, self.local_rate(i, rate)
 
     def fused_step(self, xp, g, v, tmp, local_rate):
         t = tmp[0]
@@ -89,8 +97,17 @@ class SGDSolver(_FusedSolver):
 
 @register_solver("Nesterov")
 class NesterovSolver(_FusedSolver):
-    cuda_kind = "Nesterov"
     scratch_slots = 2
+    cuda_kernel = update_kernel("nesterov_update", "T* history, const T momentum, const T one_plus_momentum, "
+                                "const T rate", """
+  const T previous = history[i];
+  const T v = previous * momentum + g * rate;
+  history[i] = v;
+  g = v * one_plus_momentum - previous * momentum;""")
+
+    def cuda_scalars(self, i, rate):
+        m = self.param.momentum
+        return m, 1 + m, self.local_rate(i, rate)
 
     def fused_step(self, xp, g, v, tmp, local_rate):
         t, previous = tmp

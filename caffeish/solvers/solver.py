@@ -371,20 +371,18 @@ class Solver:
                 log.info("    [Update] Param %s data: %g; diff: %g", self.net.learnables[i].name,
                          blob.asum_data() / blob.count, blob.asum_diff() / blob.count)
 
-    #: The solver type's fused CUDA kernel (``caffeish.cuda.solver_updates``), used for CuPy parameters
-    #: by the class that sets it (not by its subclasses, which may change the rule).
-    cuda_kind = None
+    #: The name of the solver type's fused CUDA kernel (``cuda_updates.update_kernel``, written beside the CPU
+    #: rule), used for CuPy parameters by the class that sets it (not by its subclasses, which may change the rule).
+    cuda_kernel = None
 
-    def cuda_hyper(self, i, rate):
-        """The scalars the fused CUDA kernel of this solver type takes (see ``cuda_updates.apply``)."""
-        p = self.param
-        return {"rate": self.local_rate(i, rate), "momentum": p.momentum, "momentum2": p.momentum2,
-                "delta": p.delta, "rms_decay": p.rms_decay, "t": self.iter + 1}
+    def cuda_scalars(self, i, rate):
+        """The scalar arguments of ``cuda_kernel`` for parameter ``i``, as Python floats."""
+        raise NotImplementedError(f"{type(self).__name__}.cuda_scalars")
 
     def update_param_cuda(self, i, rate):
         """The whole update of parameter ``i`` in one CUDA kernel when it lives on the GPU; False if not."""
         # only the class that declares the kernel: a subclass may have changed the rule
-        if vars(type(self)).get("cuda_kind") is None:
+        if vars(type(self)).get("cuda_kernel") is None:
             return False
         blob = self.net.learnable_params[i]
         data, diff = blob.data, blob.diff
@@ -401,9 +399,9 @@ class Solver:
         """Parameter ``i``'s whole update by this solver type's kernel (its arrays on the device, contiguous)."""
         blob, p = self.net.learnable_params[i], self.param
         histories = [self.history_blob(i, k).data.reshape(-1) for k in range(self.history_sets)]
-        cuda_updates.apply(self.cuda_kind, blob.data.reshape(-1), blob.diff.reshape(-1), histories,
+        cuda_updates.apply(self.cuda_kernel, blob.data.reshape(-1), blob.diff.reshape(-1), histories,
                            iter_size=p.iter_size, decay=p.weight_decay * self.net.params_weight_decay[i],
-                           l1=p.regularization_type == "L1", hyper=self.cuda_hyper(i, rate))
+                           l1=p.regularization_type == "L1", scalars=self.cuda_scalars(i, rate))
 
     def update_param(self, i, rate):
         """Normalize, regularize, compute the update value (into the diff) and apply it: data -= diff.
