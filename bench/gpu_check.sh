@@ -51,7 +51,7 @@ step deps 120 "$PY" -m pip install --disable-pip-version-check --retries 1 --tim
 step --optional install 60 "$PY" -m pip install --disable-pip-version-check --no-deps --no-build-isolation -e .
 step device_query 60 "$PY" -m caffeish device-query
 # the kernels' own tests first: they are quick, and tell the most if the layer parity tests run out of time
-step tests 300 "$PY" -m pytest -q tests/cuda tests/test_backend.py tests/data/test_prefetch.py \
+step tests 300 "$PY" -m pytest -q tests/cuda tests/test_backend.py tests/layers/data/test_prefetch.py \
     tests/parallel/test_multi_device.py tests/gpu -rs --durations=15 --junitxml="$OUT/tests.xml"
 step bench 240 "$PY" bench/gpu.py --json "$OUT/gpu_bench.json"
 echo "== done: exit $status after ${SECONDS}s; logs in $OUT"

@@ -73,7 +73,7 @@ class Net(PycaffeNet):
         if source_dir is None and self.source:
             source_dir = os.path.dirname(os.path.abspath(self.source))
         # Python layers are imported from the prototxt's directory first, as pycaffe users expect.
-        from .layers import python_layer
+        from .layers.common import python_layer
         if source_dir:
             python_layer.PYTHON_LAYER_PATHS.insert(0, source_dir)
         try:

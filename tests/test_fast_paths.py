@@ -11,9 +11,9 @@ import pytest
 import caffeish
 from caffeish import backend, caffe_pb2, im2col, image_threads, native
 from caffeish.im2col import _geometry, col2im_cm, col2im_cm_wide, im2col_cm, workspace
-from caffeish.layers import convolution as conv_module
+from caffeish.layers.vision import convolution as conv_module
 from caffeish.native import direct
-from caffeish.layers import lrn as lrn_module
+from caffeish.layers.vision import lrn as lrn_module
 from caffeish.solvers import sgd as sgd_module
 from caffeish.prototxt import parse_text
 from helpers import blob, empty, make_layer, random_geometry

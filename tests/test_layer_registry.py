@@ -13,8 +13,9 @@ import pytest
 
 
 def _import_layer_tests():
-    for path in sorted((pathlib.Path(__file__).parent / "layers").glob("test_*.py")):
-        importlib.import_module(f"layers.{path.stem}")
+    root = pathlib.Path(__file__).parent
+    for path in sorted((root / "layers").rglob("test_*.py")):
+        importlib.import_module(".".join(path.relative_to(root).with_suffix("").parts))
 
 
 def test_every_layer_has_forward_and_gradient_tests():

@@ -9,7 +9,7 @@ import numpy
 import pytest
 
 from caffeish import im2col, native
-from caffeish.layers import convolution as conv_module
+from caffeish.layers.vision import convolution as conv_module
 from caffeish.native import conv as native_conv
 from caffeish.native import direct
 from helpers import blob, empty, make_layer
@@ -171,7 +171,7 @@ def run_python(code, **env):
 NET_CHECK = """
 import numpy, warnings
 from caffeish import im2col, native
-from caffeish.layers import convolution
+from caffeish.layers.vision import convolution
 from helpers import blob, empty
 from test_native import conv_layer
 warnings.simplefilter("always")

@@ -123,7 +123,7 @@ def _hdf5_source(tmp_path, rows=37, files=2):
 
 @pytest.mark.parametrize("shuffle", ["false", "true"])
 def test_hdf5_files_too_large_for_memory_are_streamed(tmp_path, monkeypatch, shuffle):
-    from caffeish.layers import hdf5_data
+    from caffeish.layers.data import hdf5_data
     source = _hdf5_source(tmp_path)
     text = f"""layer {{ name: "d" type: "HDF5Data" top: "data" top: "label"
                         hdf5_data_param {{ source: "{source}" batch_size: 10 shuffle: {shuffle} }} }}"""
@@ -427,7 +427,7 @@ def test_prefetch_error_reaches_the_main_thread_at_once_and_the_process_exits(tm
     process that then exits without closing anything exits at once (no thread keeps it alive)."""
     code = f"""
         import sys, time
-        sys.path.insert(0, {os.path.join(ROOT, 'tests', 'data')!r})
+        sys.path.insert(0, {os.path.join(ROOT, 'tests', 'layers', 'data')!r})
         from test_prefetch import make
         from caffeish import CaffeishError
         layer, top = make(True, name="flaky", fail_at=0, delay=0.3)

@@ -1,6 +1,6 @@
 """MAX and AVE pooling on the GPU: Caffe's MaxPoolForward / AvePoolForward / *PoolBackward kernels.
 
-bottom x: (N, C, H, W); top y: (N, C, PH, PW), PH and PW as ``caffeish.layers.pooling.pooled_size``
+bottom x: (N, C, H, W); top y: (N, C, PH, PW), PH and PW as ``caffeish.layers.vision.pooling.pooled_size``
 gives them (ceil or floor mode, with Caffe's padding rule); window (ph, pw) starts at
 (ph sh - pad_h, pw sw - pad_w).
 

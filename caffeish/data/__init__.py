@@ -1,1 +1,2 @@
-"""Data: databases (LMDB, HDF5), converters, and (from colleagues) data layers, transforms, prefetching."""
+"""Data: databases (LMDB, HDF5), converters and the data transformer (the data layers and their prefetching base
+are in ``caffeish.layers.data``)."""

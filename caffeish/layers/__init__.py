@@ -1,5 +1,8 @@
 """Every layer type; importing this package registers them all.
 
+Sub-packages by kind: ``activation``, ``common``, ``data``, ``loss``, ``recurrent``, ``vision``;
+``_common`` holds the pieces layers of several kinds share.
+
 The package also answers pycaffe's ``from caffe import layers as L``:
 ``L.Convolution(bottom, ...)`` (any capitalised name that is not a module here)
 is NetSpec's layer function of that type, so one name serves both uses.

@@ -4,7 +4,7 @@
 own nets, per device -- GPUs, or ``"cpu"`` replicas that train the same way on numpy -- all built from
 the same seed; ``sync_from_root`` gives every replica the root's (replica 0's) weights.  Each replica
 reads its own shard of every TRAIN data source (replica r of N reads records r, r+N, ...: the sharding
-``caffeish.data.prefetch`` gives MPI ranks).  An iteration runs every replica's forward and backward
+``caffeish.layers.data.prefetch`` gives MPI ranks).  An iteration runs every replica's forward and backward
 passes, sums each gradient over the replicas with a local reducer (``local_reducers``: NCCL between
 GPUs, or host memory), divides it by N and lets every replica apply the same update -- so N replicas
 with batch B train as one solver with ``iter_size`` N on the same records, to float rounding (see
@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy
 
 from .. import backend
-from ..data.prefetch import PrefetchingDataLayer
+from ..layers.data.prefetch import PrefetchingDataLayer
 from ..errors import CaffeishError
 from ..proto import caffe_pb2
 from ..prototxt import read_solver_param

@@ -13,7 +13,7 @@ Data order.  A single process with iter_size N reads records 0..B-1, B..2B-1, ..
 sub-batches of an iteration.  Rank r reads records r, r + N, r + 2N, ... (Caffe's ``Skip()``), so
 an iteration's N local batches hold exactly the iteration's N x B records, in other batches.  As
 losses are means over examples, the summed gradient is the same up to float rounding; layers that
-look across a batch (BatchNorm statistics) see other batches.  See ``caffeish.data.prefetch`` for
+look across a batch (BatchNorm statistics) see other batches.  See ``caffeish.layers.data.prefetch`` for
 the sharded readers and the resume state.
 
 Overlap.  The gradients are all-reduced in buckets of about ``CAFFEISH_BUCKET_MB`` MB (default 25),
@@ -33,7 +33,7 @@ import time
 import numpy
 
 from .. import backend
-from ..data.prefetch import PrefetchingDataLayer
+from ..layers.data.prefetch import PrefetchingDataLayer
 from .reducers import make_reducer
 
 log = logging.getLogger("caffeish")

@@ -136,7 +136,7 @@ def test_softmax_loss(extra, dtype):
     ignore = layer.ignore_label
     losses, counts = numpy.full(30, numpy.nan, dtype), numpy.full(30, numpy.nan, dtype)
     cuda_softmax_loss.forward(prob, labels.data.reshape(-1), 4, 10, ignore, losses, counts)
-    from caffeish.layers.softmax_loss import normalizer
+    from caffeish.layers.loss.softmax_loss import normalizer
     norm = normalizer(layer.normalization, 3, 10, counts.sum())
     numpy.testing.assert_allclose(losses.sum() / norm, top[0].data, **TOLERANCE[dtype])
     dx = numpy.full(prob.shape, numpy.nan, dtype)

@@ -42,8 +42,8 @@ def collect():
     mode = backend.mode()
     backend.set_mode_cpu()
     try:
-        for path in sorted(LAYER_TESTS.glob("test_*.py")):
-            module = importlib.import_module(f"layers.{path.stem}")
+        for path in sorted(LAYER_TESTS.rglob("test_*.py"), key=lambda p: p.name):
+            module = importlib.import_module(".".join(path.relative_to(LAYER_TESTS.parent).with_suffix("").parts))
             for name, fn in sorted(vars(module).items()):
                 if not (name.startswith("test_") and callable(fn) and getattr(fn, "gradient_checks", None)):
                     continue

@@ -14,7 +14,7 @@ from PIL import Image
 import caffeish
 from caffeish import CaffeishError
 from caffeish import io as cio
-from caffeish.data.prefetch import live_prefetch_threads
+from caffeish.layers.data.prefetch import live_prefetch_threads
 from helpers import empty, make_layer
 
 

@@ -1,0 +1,34 @@
+"""Parameter: no bottom; its one top is the layer's learned blob, of shape ``parameter_param.shape``.
+
+The blob starts at zeros (Caffe fills it with nothing).  Forward copies it into the top; backward adds
+the top's diff into the blob's diff.  (Caffe shares the top's data and diff with the blob instead;
+copying keeps the blob safe from in-place consumers and keeps gradient accumulation.)
+"""
+from ...blob import Blob
+from ...errors import CaffeishError
+from ...layer import Layer, register_layer
+
+
+@register_layer("Parameter")
+class ParameterLayer(Layer):
+    exact_num_bottom = 0
+    exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        shape = tuple(int(d) for d in self.param.parameter_param.shape.dim)
+        if not self.blobs:
+            self.blobs = [Blob(shape, dtype=self.dtype, name=f"{self.name}[0]")]
+        elif len(self.blobs) != 1 or self.blobs[0].shape != shape:
+            raise CaffeishError(f"Parameter with parameter_param.shape {shape} needs one blob of that shape, "
+                                f"but the layer has {[b.shape for b in self.blobs]}")
+        self.param_propagate_down = [True]
+
+    def reshape(self, bottom, top):
+        top[0].reshape(self.blobs[0].shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = self.blobs[0].data
+
+    def backward(self, top, propagate_down, bottom):
+        if self.param_propagate_down[0]:
+            self.blobs[0].diff += top[0].diff
