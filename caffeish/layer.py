@@ -84,6 +84,11 @@ class Layer:
     def allow_force_backward(self, bottom_index):
         return True
 
+    def macs(self, bottom, top):
+        """Multiply-adds of one forward pass (what ``caffeish summary`` lists and ``caffeish time`` turns into
+        GFLOP/s); 0 for layers whose work is not products of weights (the base class)."""
+        return 0
+
     # -- state that exact resume saves (data readers' positions, shuffle orders) --
     def get_state(self):
         """A JSON-serialisable dict of the layer's non-parameter state, or None."""

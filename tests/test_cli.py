@@ -23,6 +23,10 @@ def test_time_prints_caffe_shaped_report():
     assert "*** Benchmark begins ***" in out and "*** Benchmark ends ***" in out
     assert re.search(r"\]\s+conv1\tforward: [\d.e+-]+ ms\.", out)
     assert re.search(r"\]\s+conv1\tbackward: [\d.e+-]+ ms\.", out)
+    # rates from Layer.macs (as caffeish summary counts them) for the layers with weight products only
+    assert re.search(r"\]\s+conv1\tforward: [\d.e+-]+ ms\. \([\d.]+ GFLOP/s", out)
+    assert re.search(r"\]\s+ip1\tforward: [\d.e+-]+ ms\. \([\d.]+ GFLOP/s", out)
+    assert re.search(r"\]\s+pool1\tforward: [\d.e+-]+ ms\.$", out, re.M)
     # LeNet's two convolutions have unit strides: the native kernels run them where they could be built
     assert re.search(r"Native direct convolution: (caffeish_native_\w+\.so \(\d+-bit vectors, .+\); used by 2 "
                      r"of 2 Convolution layers \(conv1, conv2\)|.*numpy paths; used by 0 of 2 Convolution layers)$",

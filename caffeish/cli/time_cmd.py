@@ -35,25 +35,9 @@ def gemm_peak(size=1024, repeats=5):
 
 
 def layer_flops(net, i):
-    """Forward floating-point operations of layer ``i`` (2 per multiply-add), or None when it has no GEMM.
-
-    Convolution: 2 * images * weights * output positions; Deconvolution likewise with its input positions;
-    InnerProduct: 2 * M * weights.  Backward does as many again per gradient it computes (weights, input).
-    """
-    layer = net.layers[i]
-    if layer.type not in ("Convolution", "Deconvolution", "InnerProduct") or not layer.blobs:
-        return None
-    weights = layer.blobs[0].count
-    flops = 0
-    for _ in net.bottom_vecs[i]:
-        if layer.type == "InnerProduct":
-            flops += 2 * getattr(layer, "M", 1) * weights
-            continue
-        positions = 1
-        for s in (layer.out_shape if layer.type == "Convolution" else layer.spatial):
-            positions *= s
-        flops += 2 * getattr(layer, "num", 1) * weights * positions
-    return flops
+    """Forward floating-point operations of layer ``i`` (2 per multiply-add, ``Layer.macs``), or None when it
+    counts none.  Backward does as many again per gradient it computes (weights, input)."""
+    return 2 * net.layers[i].macs(net.bottom_vecs[i], net.top_vecs[i]) or None
 
 
 def _rate(flops, ms, peak):

@@ -44,27 +44,6 @@ class Summary:
     total_macs: int = 0
 
 
-def _prod(values):
-    out = 1
-    for v in values:
-        out *= int(v)
-    return out
-
-
-def layer_macs(layer, bottoms, tops):
-    """Multiply-adds of one forward pass of ``layer`` (0 for the layers not counted; see the module doc)."""
-    kind = layer.type
-    if kind == "Convolution" and layer.blobs:
-        per_output = _prod(layer.blobs[0].shape[1:])
-        return sum(t.count for t in tops) * per_output
-    if kind == "Deconvolution" and layer.blobs:
-        per_input = _prod(layer.blobs[0].shape[1:])
-        return sum(b.count for b in bottoms) * per_input
-    if kind == "InnerProduct" and bottoms:
-        return bottoms[0].count * int(layer.param.inner_product_param.num_output)
-    return 0
-
-
 def missing_data_sources(net_param, state):
     """(layer name, type, source) for each data layer of ``net_param`` in ``state`` whose source is missing."""
     missing = []
@@ -110,7 +89,7 @@ def summarize(net):
                 summary.total_params += blob.count
         if layer.type == "Split" and name.endswith("_split") and not layer.blobs:
             continue
-        macs = layer_macs(layer, net.bottom_vecs[lid], net.top_vecs[lid])
+        macs = layer.macs(net.bottom_vecs[lid], net.top_vecs[lid])
         summary.total_macs += macs
         tops = [tuple(t.shape) for t in net.top_vecs[lid]]
         summary.rows.append(Row(name, layer.type, tops, params, shared, macs))

@@ -18,6 +18,10 @@ class InnerProductLayer(Layer):
     exact_num_bottom = 1
     exact_num_top = 1
 
+    def macs(self, bottom, top):
+        """Each input value meets num_output weights."""
+        return bottom[0].count * self.num_output if bottom else 0
+
     def layer_setup(self, bottom, top):
         p = self.param.inner_product_param
         self.num_output = int(p.num_output)

@@ -20,6 +20,8 @@ kept across iterations.  A 1x1 kernel with stride 1 and no padding uses the inpu
 its columns (transposed when there are several images).  Very large batches are cut into
 chunks so that the column buffer stays under ``COL_BUFFER_BYTES``.
 """
+import math
+
 import numpy
 
 from ... import image_threads
@@ -154,6 +156,10 @@ class ConvolutionLayer(Layer):
     min_bottom = 1
     min_top = 1
     equal_num_bottom_top = True
+
+    def macs(self, bottom, top):
+        """Each output value is a dot product over (C / group) x kernel inputs."""
+        return sum(t.count for t in top) * math.prod(self.blobs[0].shape[1:]) if self.blobs else 0
 
     def layer_setup(self, bottom, top):
         base_conv_setup(self, bottom)

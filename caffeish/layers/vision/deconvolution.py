@@ -13,6 +13,8 @@ dropped, and the bias is added.  Backward is a Convolution forward of the top's 
 gradient is ``W im2col(dy)``, the weights' gradient ``x im2col(dy)^T`` summed over images, the bias's the
 sum of ``dy``.
 """
+import math
+
 import numpy
 
 from ...backend import get_array_module
@@ -29,6 +31,10 @@ class DeconvolutionLayer(Layer):
     min_bottom = 1
     min_top = 1
     equal_num_bottom_top = True
+
+    def macs(self, bottom, top):
+        """Each input value is spread over (O / group) x kernel outputs."""
+        return sum(b.count for b in bottom) * math.prod(self.blobs[0].shape[1:]) if self.blobs else 0
 
     def layer_setup(self, bottom, top):
         base_conv_setup(self, bottom, transposed=True)
