@@ -174,8 +174,8 @@ def main():
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     import torch
-    from caffeish import image_threads
-    image_threads.quiet_idle_blas_threads()  # what building a Net does; numpy was imported first here
+    from caffeish.cpu import threads as cpu_threads
+    cpu_threads.quiet_idle_blas_threads()  # what building a Net does; numpy was imported first here
     threads = args.threads or blas_threads()
     torch.set_num_threads(threads)
     print(f"threads: {threads}; ms, median of {args.iterations} runs in alternating blocks")

@@ -14,17 +14,17 @@ the overlapping patches and dropping what falls in the padding.
 
 ``im2col_cm`` / ``col2im_cm`` do the same with channel-major columns
 ``(C * prod(kernel), N * prod(out))`` -- the images side by side -- so that one
-GEMM per group covers the whole batch; they can write into ``workspace`` buffers
-that are allocated once and reused by every layer, as Caffe's column buffer is.
+GEMM per group covers the whole batch; they can write into work buffers
+(``caffeish.cpu.workspace``) that are allocated once and reused by every layer,
+as Caffe's column buffer is.  Their element-wise copies and sums are split across
+threads (``caffeish.cpu.parallel_for``).
 """
 import itertools
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy
 
 from .backend import get_array_module
+from .cpu import buffer, parallel_copy, parallel_for
 from .errors import CaffeishError
 
 
@@ -74,123 +74,6 @@ def _interior(spatial, pad):
     return tuple(slice(p, p + size) for size, p in zip(spatial, pad))
 
 
-# -- threads for the element-wise work --------------------------------------------------------
-#: Below this many elements a split across threads costs more than it saves.
-PARALLEL_MIN_ELEMENTS = 1 << 17
-_threads = {"count": None, "executor": None, "pid": None}
-
-
-def num_threads():
-    """Threads for numpy's element-wise work (copies, sums, masks): as many as the BLAS uses.
-
-    CAFFEISH_NUM_THREADS, else OPENBLAS_NUM_THREADS / OMP_NUM_THREADS / MKL_NUM_THREADS, else the CPUs
-    this process may run on.  numpy releases the GIL inside its loops, so threads run them in parallel.
-    """
-    if _threads["count"] is None:
-        count = None
-        for var in ("CAFFEISH_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            value = os.environ.get(var, "").strip()
-            if value.isdigit() and int(value) > 0:
-                count = int(value)
-                break
-        if count is None:
-            count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        _threads["count"] = max(1, count)
-    return _threads["count"]
-
-
-def set_num_threads(count):
-    """Use ``count`` threads for the element-wise work (None: decide again from the environment)."""
-    _threads["count"] = None if count is None else max(1, int(count))
-
-
-def parallel_for(total, fn, elements=None, xp=numpy):
-    """Run ``fn(lo, hi)`` over ``[0, total)`` cut into one contiguous part per thread; the caller runs one.
-
-    ``elements`` is the amount of work (array elements touched) deciding whether a split pays; ``xp`` the
-    array module (CuPy's work is queued on the device: it runs in one call).  The parts must write disjoint
-    memory.  ``fn`` must not ask for ``workspace`` buffers (they are per thread) nor call ``parallel_for``
-    (nested calls run serially).
-    """
-    if xp is not numpy:
-        fn(0, total)
-        return
-    count = min(num_threads(), total)
-    if elements is not None:
-        count = min(count, max(1, int(elements) // PARALLEL_MIN_ELEMENTS))
-    if count <= 1 or getattr(_local, "in_parallel", False):
-        fn(0, total)
-        return
-    if _threads["executor"] is None or _threads["pid"] != os.getpid() or \
-            _threads["executor"]._max_workers < count - 1:
-        _threads["executor"] = ThreadPoolExecutor(max_workers=max(1, num_threads() - 1),
-                                                  thread_name_prefix="caffeish-numpy")
-        _threads["pid"] = os.getpid()  # a forked child makes its own: the parent's threads are not in it
-    bounds = [total * i // count for i in range(count + 1)]
-
-    def run(lo, hi):
-        _local.in_parallel = True
-        try:
-            fn(lo, hi)
-        finally:
-            _local.in_parallel = False
-    futures = [_threads["executor"].submit(run, bounds[i], bounds[i + 1]) for i in range(count - 1)]
-    try:
-        run(bounds[-2], bounds[-1])
-    finally:
-        for f in futures:
-            f.result()
-
-
-def parallel_copy(dst, src, axis=0):
-    """dst[...] = src, split along ``axis`` across threads (numpy; CuPy copies at once)."""
-    if not isinstance(dst, numpy.ndarray) or dst.ndim == 0:
-        dst[...] = src
-        return
-    index = [slice(None)] * dst.ndim
-
-    def part(lo, hi):
-        index_ = list(index)
-        index_[axis] = slice(lo, hi)
-        dst[tuple(index_)] = src[tuple(index_)]
-    parallel_for(dst.shape[axis], part, dst.size)
-
-
-# -- work buffers ----------------------------------------------------------------------------
-_local = threading.local()
-
-
-def workspace(xp, dtype, slot, size):
-    """A flat work array of at least ``size`` elements, kept and reused across calls and layers.
-
-    One buffer per (array module, dtype, slot), thread and GPU, grown when a larger one is asked for --
-    Caffe's shared column buffer: layers run one at a time, so a slot's contents only live until the
-    next call that asks for the same slot.  Returns the first ``size`` elements.
-    """
-    pool = getattr(_local, "pool", None)
-    if pool is None:
-        pool = _local.pool = {}
-    dtype = numpy.dtype(dtype)
-    # a thread may drive several GPUs in turn (replicas run one after the other): a buffer per device
-    key = (xp.__name__, dtype.str, slot) if xp is numpy else (xp.__name__, dtype.str, slot, xp.cuda.get_device_id())
-    buf = pool.get(key)
-    if buf is None or buf.size < size:
-        pool[key] = None  # drop the old buffer before allocating its successor
-        buf = pool[key] = xp.empty(max(int(size), 1), dtype=dtype)
-    return buf[:size]
-
-
-def release_workspace():
-    """Free this thread's work buffers (they are made again on demand)."""
-    _local.pool = {}
-
-
-def _buffer(xp, dtype, slot, shape):
-    if slot is None:
-        return xp.empty(shape, dtype=dtype)
-    return workspace(xp, dtype, slot, _prod(shape)).reshape(shape)
-
-
 def _as_strided(xp, array, shape, strides, offset=0):
     """A view of ``array``'s memory from element ``offset`` on, with the given shape and byte strides.
 
@@ -208,7 +91,7 @@ def _pad_into(x, pad, padded_shape, slot):
     if tuple(padded_shape) == spatial:
         return x
     xp = get_array_module(x)
-    target = _buffer(xp, x.dtype, slot, tuple(x.shape[:2]) + tuple(padded_shape))
+    target = buffer(xp, x.dtype, slot, tuple(x.shape[:2]) + tuple(padded_shape))
     # Only the frame is zeroed; the interior is overwritten.
     for axis, (size, p, full) in enumerate(zip(spatial, pad, padded_shape)):
         index = [slice(None)] * target.ndim
@@ -287,7 +170,7 @@ def im2col_cm(x, kernel, stride, pad, dilation, out_shape=None, slot=None):
     out_shape, padded_shape, offsets, _ = _geometry(x.shape[2:], kernel, stride, pad, dilation, out_shape)
     source = _pad_into(x, pad, padded_shape, None if slot is None else slot + ".pad")
     shape = (c,) + tuple(kernel) + (n,) + out_shape
-    cols = _buffer(xp, x.dtype, slot, shape)
+    cols = buffer(xp, x.dtype, slot, shape)
     parallel_copy(cols, _window_view(xp, source, kernel, stride, dilation, out_shape, channel_major=True))
     return cols.reshape(c * len(offsets), n * _prod(out_shape))
 
@@ -311,7 +194,7 @@ def col2im_cm(cols, out, kernel, stride, pad, dilation, out_shape=None, slot=Non
         raise CaffeishError(f"col2im: columns of shape {tuple(cols.shape)} do not match {expect} "
                             f"for input {(n, c) + spatial}")
     padded = padded_shape != spatial
-    target = _buffer(xp, cols.dtype, slot, (n, c) + padded_shape) if padded else out
+    target = buffer(xp, cols.dtype, slot, (n, c) + padded_shape) if padded else out
     cols = cols.reshape((c,) + tuple(kernel) + (n,) + out_shape)
     disjoint = _disjoint(kernel, stride, dilation)
     covers = disjoint and _covers(padded_shape, kernel, stride, dilation, out_shape)
@@ -380,7 +263,7 @@ def col2im_cm_wide(cols, out, kernel, stride, pad, dilation, out_shape=None, slo
     reach = (sum((k - 1) * d * st for k, d, st in zip(kernel, dilation, axis_step))
              + sum((o - 1) * s * st for o, s, st in zip(rows, stride[:-1], axis_step[:-1])) + width)
     span = plane + max(0, reach - plane)
-    flat = _buffer(xp, cols.dtype, slot, (n * c * span,))
+    flat = buffer(xp, cols.dtype, slot, (n * c * span,))
     planes = flat.reshape(n, c, span)
     item = flat.itemsize
     wide = cols.reshape((c,) + tuple(kernel) + (n,) + tuple(rows) + (width,))

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import numpy
 from google.protobuf import text_format
 
-from . import backend, image_threads
+from . import backend
 from .blob import Blob, format_bytes, memory_limit
+from .cpu import threads as cpu_threads
 from .errors import CaffeishError
 from .layer import create_layer
 from .net_graph import filter_net, insert_splits
@@ -88,7 +89,7 @@ class Net(PycaffeNet):
 
     # -- building ---------------------------------------------------------------
     def _build(self, in_param, phase, level, stages, dtype, debug_info):
-        image_threads.quiet_idle_blas_threads()
+        cpu_threads.quiet_idle_blas_threads()
         state = caffe_pb2.NetState()
         state.CopyFrom(in_param.state)
         if phase is not None:

@@ -9,10 +9,12 @@ import numpy
 import pytest
 
 import caffeish
-from caffeish import backend, caffe_pb2, im2col, image_threads, native
-from caffeish.im2col import _geometry, col2im_cm, col2im_cm_wide, im2col_cm, workspace
+from caffeish import backend, caffe_pb2, im2col
+from caffeish.cpu import buffers, native, release_workspace, set_num_threads, workspace
+from caffeish.cpu import threads as cpu_threads
+from caffeish.cpu.native import direct
+from caffeish.im2col import _geometry, col2im_cm, col2im_cm_wide, im2col_cm
 from caffeish.layers.vision import convolution as conv_module
-from caffeish.native import direct
 from caffeish.layers.vision import lrn as lrn_module
 from caffeish.solvers import sgd as sgd_module
 from caffeish.prototxt import parse_text
@@ -25,9 +27,9 @@ RNG = numpy.random.default_rng(20240611)
 def threads(request, monkeypatch):
     """Run a test both serially and with the element-wise work split across 3 threads, however small."""
     if request.param == "threads":
-        monkeypatch.setattr(im2col, "PARALLEL_MIN_ELEMENTS", 1)
-        im2col.set_num_threads(3)
-        request.addfinalizer(lambda: im2col.set_num_threads(None))
+        monkeypatch.setattr(cpu_threads, "PARALLEL_MIN_ELEMENTS", 1)
+        set_num_threads(3)
+        request.addfinalizer(lambda: set_num_threads(None))
     return request.param
 
 
@@ -162,7 +164,7 @@ CONV_CASES = [
 @pytest.mark.parametrize("images", ["whole batch", "image threads", "native"])
 def test_convolution_fast_paths_match_reference(case, dtype, chunked, paths, images, threads, monkeypatch):
     shape, o, kernel, stride, pad, dilation, group = case
-    monkeypatch.setattr(image_threads, "ENABLED", images == "image threads")
+    monkeypatch.setattr(cpu_threads, "ENABLED", images == "image threads")
     monkeypatch.setattr(conv_module, "NATIVE", images == "native")
     monkeypatch.setattr(direct, "MIN_OUTPUTS", 1)  # these cases are small; the kernel takes them all here
     monkeypatch.setattr(direct, "POINTWISE_TO_GEMM", False)
@@ -173,7 +175,7 @@ def test_convolution_fast_paths_match_reference(case, dtype, chunked, paths, ima
         pytest.skip("not a 2-D convolution the native kernels take" if not native_applies else native.status())
     if chunked:
         monkeypatch.setattr(conv_module, "COL_BUFFER_BYTES", 1)  # one image per chunk
-        monkeypatch.setattr(image_threads, "CHUNK_BYTES", 1)
+        monkeypatch.setattr(cpu_threads, "CHUNK_BYTES", 1)
     if paths != "best":  # the input's gradient by the other routes: wide columns, then plain col2im
         monkeypatch.setattr(conv_module, "CORRELATE_DATA_GRADIENT", False)
     if paths == "plain":
@@ -539,7 +541,7 @@ def test_fused_update_equals_unfused_sequence(kind, regularization, iter_size, d
 # -- float32 stays float32 ----------------------------------------------------------------------------
 def test_float32_training_iteration_makes_no_float64_buffers():
     """A float32 net's layers keep float32 state and work buffers (no silent float64 in the hot path)."""
-    im2col.release_workspace()
+    release_workspace()
     net = caffeish.Net("""
         force_backward: true
         layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 4 dim: 3 dim: 13 dim: 11 } } }
@@ -562,6 +564,6 @@ def test_float32_training_iteration_makes_no_float64_buffers():
         assert b.data.dtype == numpy.float32 and b.diff.dtype == numpy.float32, name
     kept = [net.layer_dict["d"].mask] + list(net.layer_dict["n1"]._kept)
     assert all(a.dtype == numpy.float32 for a in kept)
-    pool = im2col._local.pool
+    pool = buffers._local.pool
     floats = {key[1] for key, buf in pool.items() if buf is not None and buf.dtype.kind == "f"}
     assert floats == {numpy.dtype(numpy.float32).str}, pool.keys()

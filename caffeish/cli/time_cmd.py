@@ -4,7 +4,8 @@ import time
 
 import click
 
-from .. import backend, native
+from .. import backend
+from ..cpu import native
 from ..net import Net
 from . import register_command
 from .common import gpu_option, level_option, parse_phase, parse_stages, select_device, stage_option

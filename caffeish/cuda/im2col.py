@@ -17,6 +17,7 @@ OW entries are read (the rest are the zeros a padded top gradient gives).
 """
 from .. import im2col as generic
 from ..backend import get_array_module
+from ..cpu import workspace
 from ..errors import CaffeishError
 from . import kernels
 
@@ -121,7 +122,7 @@ def im2col_cm(x, kernel, stride, pad, dilation, out_shape=None, slot=None):
     out_shape, _, offsets, _ = generic._geometry(x.shape[2:], kernel, stride, pad, dilation, out_shape)
     rows, length = c * len(offsets), n * generic._prod(out_shape)
     cols = xp.empty((rows, length), dtype=x.dtype) if slot is None else \
-        generic.workspace(xp, x.dtype, slot, rows * length).reshape(rows, length)
+        workspace(xp, x.dtype, slot, rows * length).reshape(rows, length)
     (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow), (h, w) = _as_2d(kernel, stride, pad, dilation, out_shape,
                                                                       x.shape[2:])
     kernels.launch(SOURCE, x.dtype, "im2col_cm", cols.size,
@@ -135,7 +136,7 @@ def _col2im(cols, out, kernel, stride, pad, dilation, out_shape, row_len, slot):
     (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow), (h, w) = _as_2d(kernel, stride, pad, dilation, out_shape,
                                                                       out.shape[2:])
     target = out if out.flags.c_contiguous else \
-        generic.workspace(xp, out.dtype, slot or "cuda.col2im", out.size).reshape(out.shape)
+        workspace(xp, out.dtype, slot or "cuda.col2im", out.size).reshape(out.shape)
     kernels.launch(SOURCE, cols.dtype, "col2im_cm", target.size,
                    (target.size, kernels.contiguous(cols), n, c, h, w, kh, kw, ph, pw, sh, sw, dh, dw, oh, ow,
                     row_len, target))

@@ -9,7 +9,7 @@ The whole per-parameter sequence -- normalize (iter_size), regularize (L2/L1 wit
 momentum step, and applying the update (data -= update) -- is fused: it runs on slices of
 ``FUSED_CHUNK`` elements of data, diff and history at a time, so that each slice is read from
 memory once and its intermediate results stay in the CPU's cache, instead of one full pass over
-memory per step; large parameters are split into one range per thread (``caffeish.im2col.parallel_for``).
+memory per step; large parameters are split into one range per thread (``caffeish.cpu.parallel_for``).
 The operations and their order are those of the unfused sequence, so the results are the same to
 the last bit.  On the GPU one CUDA kernel does the whole sequence (each class's ``cuda_kernel``, its step
 in CUDA C beside the numpy one, with the common head in ``caffeish.cuda.solver_updates``: same operations,
@@ -19,7 +19,7 @@ import numpy
 
 from ..backend import get_array_module
 from ..cuda.solver_updates import update_kernel
-from ..im2col import parallel_for
+from ..cpu import parallel_for
 from .solver import Solver, register_solver
 
 #: Elements per slice of the fused update (4 arrays x 256 KiB for float32: well inside L2/L3).

@@ -2,7 +2,7 @@
 import numpy
 
 from ...backend import get_array_module
-from ...im2col import parallel_for, workspace
+from ...cpu import parallel_for, workspace
 from ...layer import NeuronLayer, register_layer
 
 

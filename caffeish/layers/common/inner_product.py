@@ -9,7 +9,7 @@ from ...backend import get_array_module
 from ...blob import Blob
 from ...errors import CaffeishError
 from ...fillers import fill
-from ...im2col import workspace
+from ...cpu import workspace
 from ...layer import Layer, register_layer
 
 

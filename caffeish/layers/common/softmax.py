@@ -1,6 +1,6 @@
 """Softmax along ``softmax_param.axis``.   bottom, top: any shape (in place allowed)."""
 from ...backend import get_array_module
-from ...im2col import workspace
+from ...cpu import workspace
 from ...layer import Layer, register_layer
 
 

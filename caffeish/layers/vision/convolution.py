@@ -7,7 +7,7 @@ bottom: one or more blobs of the same shape ``(*num, C, *spatial)`` where ``C`` 
 ``bias_term``, bias ``(num_output,)``.
 
 On the CPU, 2-D layers run the compiled direct convolution where it is built and applies
-(``caffeish.native.direct.DirectConvolution``); the numpy path below is the reference it is tested
+(``caffeish.cpu.native.direct.DirectConvolution``); the numpy path below is the reference it is tested
 against, and what runs otherwise (no C compiler, ``CAFFEISH_NATIVE=0``, 1-D or 3-D, some strides).
 
 The whole batch is turned into channel-major columns at once (``caffeish.im2col.im2col_cm``:
@@ -15,7 +15,7 @@ The whole batch is turned into channel-major columns at once (``caffeish.im2col.
 in one GEMM per group; the result is transposed into the top (with the bias added in the
 same pass).  Backward recomputes the columns for the weights' GEMM (as Caffe does), then
 reuses their buffer for the input's gradient columns, which col2im sums back.  The column,
-GEMM and padding buffers are ``caffeish.im2col.workspace`` buffers shared by all layers and
+GEMM and padding buffers are ``caffeish.cpu.workspace`` buffers shared by all layers and
 kept across iterations.  A 1x1 kernel with stride 1 and no padding uses the input itself as
 its columns (transposed when there are several images).  Very large batches are cut into
 chunks so that the column buffer stays under ``COL_BUFFER_BYTES``.
@@ -24,16 +24,16 @@ import math
 
 import numpy
 
-from ... import image_threads
 from ...backend import get_array_module
 from ...cuda import cudnn as cuda_cudnn
 from ...blob import Blob
+from ...cpu import parallel_copy, parallel_for, workspace
+from ...cpu import threads as cpu_threads
+from ...cpu.native.direct import DirectConvolution, flipped
 from ...errors import CaffeishError
 from ...fillers import fill
-from ...im2col import (col2im_cm, col2im_cm_wide, conv_output_shape, im2col_cm, parallel_copy, parallel_for,
-                      wide_ok, wide_width, workspace)
+from ...im2col import col2im_cm, col2im_cm_wide, conv_output_shape, im2col_cm, wide_ok, wide_width
 from ...layer import Layer, register_layer
-from ...native.direct import DirectConvolution, flipped
 
 #: Upper bound for one im2col buffer; a batch whose columns exceed it is processed in equal chunks of images
 #: (the work buffers are shared by all layers and kept, so this bounds the memory they hold; GEMMs over
@@ -45,8 +45,8 @@ TRANSPOSED_FORWARD_BELOW = 64
 WIDE_COL2IM = True
 #: Backward-data as the correlation of the top's gradient with the flipped weights (unit strides), where cheaper.
 CORRELATE_DATA_GRADIENT = True
-#: The compiled direct convolution (``caffeish.native``) for 2-D layers on numpy arrays, where it is built and
-#: applies (``caffeish.native.direct.DirectConvolution.make``).
+#: The compiled direct convolution (``caffeish.cpu.native``) for 2-D layers on numpy arrays, where it is built and
+#: applies (``caffeish.cpu.native.direct.DirectConvolution.make``).
 NATIVE = True
 
 
@@ -243,7 +243,7 @@ class ConvolutionLayer(Layer):
             xp = get_array_module(x)
             if self.native is not None and xp is numpy:
                 self.native.forward(x, self.blobs[0].data, bias, y)
-            elif image_threads.available(xp, self.num):
+            elif cpu_threads.available(xp, self.num):
                 self._forward_images(x, w, y, bias)
             elif xp is not numpy and cuda_cudnn.applies(x, self.kernel, self.stride, self.pad, self.dilation):
                 self._forward_cudnn(x, w, y, bias)
@@ -263,16 +263,16 @@ class ConvolutionLayer(Layer):
                        y[start:stop], bias)
 
     def _forward_images(self, x, w, y, bias):
-        """forward, the images split across threads a few at a time (``caffeish.image_threads``)."""
+        """forward, the images split across threads a few at a time (``caffeish.cpu.threads``)."""
         def chunk(start, stop, part):
             _correlate(x[start:stop], w, self.kernel, self.stride, self.pad, self.dilation, self.out_shape,
                        y[start:stop], bias, transposed_below=0)
-        image_threads.for_image_chunks(self.num, self._image_step(), chunk)
+        cpu_threads.for_image_chunks(self.num, self._image_step(), chunk)
 
     def _image_step(self):
         """Images per chunk on the image-parallel path: their columns about fill a core's L2 cache."""
         per_image = self.channels * _count(self.kernel) * self.out_count * self.dtype.itemsize
-        return image_threads.images_per_chunk(per_image)
+        return cpu_threads.images_per_chunk(per_image)
 
     def backward(self, top, propagate_down, bottom):
         need_weight = self.param_propagate_down[0]
@@ -291,7 +291,7 @@ class ConvolutionLayer(Layer):
                 self._backward_native(w, x, dy, dx, dw, db)
                 continue
             wflip = self._flipped_weights(xp, w) if down and self.data_path == "correlate" else None
-            if image_threads.available(xp, self.num):
+            if cpu_threads.available(xp, self.num):
                 self._backward_images(xp, w, wflip, x, dy, dx, dw, db)
             elif xp is not numpy and cuda_cudnn.applies(x, self.kernel, self.stride, self.pad, self.dilation):
                 self._backward_cudnn(xp, w, wflip, x, dy, dx, dw, db)
@@ -340,15 +340,15 @@ class ConvolutionLayer(Layer):
                                                                                  *geometry), gemm_data)
 
     def _backward_images(self, xp, w, wflip, x, dy, dx, dw, db):
-        """backward, the images split across threads a few at a time (``caffeish.image_threads``): each
+        """backward, the images split across threads a few at a time (``caffeish.cpu.threads``): each
         thread sums its images' parameter gradients privately, and the sums are added at the end."""
         step = self._image_step()
         sums = [(_zeroed(xp, dy.dtype, f"conv.dw.{p}", dw), _zeroed(xp, dy.dtype, f"conv.db.{p}", db))
-                for p in range(image_threads.num_parts(self.num, step))]
+                for p in range(cpu_threads.num_parts(self.num, step))]
 
         def chunk(start, stop, part):
             self._backward_chunk(xp, w, wflip, x, dy, dx, start, stop, *sums[part], transposed_below=0)
-        image_threads.for_image_chunks(self.num, step, chunk)
+        cpu_threads.for_image_chunks(self.num, step, chunk)
         for dw_part, db_part in sums:
             if dw is not None:
                 dw += dw_part

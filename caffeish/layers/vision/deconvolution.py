@@ -6,7 +6,7 @@ bottom: one or more blobs of the same shape ``(*num, C, *spatial)`` with ``C`` a
 blobs: weights ``(C, num_output / group, *kernel)`` (Caffe's reversed convolution shape) and, with
 ``bias_term``, bias ``(num_output,)``.
 
-Where the compiled direct convolution applies (``caffeish.native.direct``; 2-D, numpy) all three passes
+Where the compiled direct convolution applies (``caffeish.cpu.native.direct``; 2-D, numpy) all three passes
 run there, with the roles of input and output swapped.  Otherwise forward is Convolution's backward-data:
 per group, columns ``W^T x`` are scattered back with col2im onto the (padded) output, whose padding is then
 dropped, and the bias is added.  Backward is a Convolution forward of the top's gradient: the bottom's
@@ -21,7 +21,7 @@ from ...backend import get_array_module
 from ...errors import CaffeishError
 from ...im2col import col2im, im2col
 from ...layer import Layer, register_layer
-from ...native.direct import DirectConvolution
+from ...cpu.native.direct import DirectConvolution
 from . import convolution
 from .convolution import base_conv_setup, check_conv_bottoms
 

@@ -18,7 +18,7 @@ from ...backend import get_array_module
 from ...cuda import kernels as cuda_kernels
 from ...cuda import lrn as cuda_lrn
 from ...errors import CaffeishError
-from ...im2col import parallel_for, workspace
+from ...cpu import parallel_for, workspace
 from ...layer import Layer, register_layer
 from ...proto import caffe_pb2
 

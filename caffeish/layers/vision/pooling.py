@@ -33,7 +33,7 @@ from ...backend import get_array_module, random_uniform
 from ...cuda import kernels as cuda_kernels
 from ...cuda import pooling as cuda_pooling
 from ...errors import CaffeishError
-from ...im2col import parallel_for, workspace
+from ...cpu import parallel_for, workspace
 from ...layer import Layer, register_layer
 from ...proto import caffe_pb2
 

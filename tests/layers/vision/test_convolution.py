@@ -3,10 +3,10 @@ import itertools
 import numpy
 import pytest
 
-from caffeish import native
+from caffeish.cpu import native
 from caffeish.errors import CaffeishError
 from caffeish.layers.vision import convolution
-from caffeish.native import direct
+from caffeish.cpu.native import direct
 from gradient_check import check_gradient, checks_forward, checks_gradient
 from helpers import blob, empty, make_layer
 

@@ -13,7 +13,8 @@ gradient's rows dealt out (deployment at batch 1).
 """
 import numpy
 
-from ..im2col import num_threads, parallel_for, workspace
+from ..buffers import workspace
+from ..threads import num_threads, parallel_for
 from . import conv as native_conv
 
 #: Fewer output positions than this (ResNet's and GoogLeNet's 7x7 stages: 49) leave the kernel's tiles part

@@ -1,4 +1,4 @@
-/* Direct 2-D convolution for unit strides, compiled on first use (caffeish/native/__init__.py).
+/* Direct 2-D convolution for unit strides, compiled on first use (caffeish/cpu/native/__init__.py).
  *
  * Why: on small images (CIFAR-10's 8-32 px, 5x5 kernels) im2col + GEMM spends as long copying the
  * columns, and OpenBLAS's packing of them, as multiplying; oneDNN convolves such shapes at the

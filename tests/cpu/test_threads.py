@@ -9,21 +9,22 @@ import textwrap
 import numpy
 import pytest
 
-from caffeish import im2col, image_threads
+from caffeish.cpu import set_num_threads
+from caffeish.cpu import threads as cpu_threads
 
 threadpoolctl = pytest.importorskip("threadpoolctl")
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def blas_threads():
-    # numpy's BLAS, as image_threads found it; other libraries loaded later (OpenCV bundles its own OpenBLAS) do
+    # numpy's BLAS, as caffeish.cpu.threads found it; other libraries loaded later (OpenCV bundles its own OpenBLAS) do
     # not run numpy's products.
-    return [c.get_num_threads() for c in image_threads._controllers()]
+    return [c.get_num_threads() for c in cpu_threads._controllers()]
 
 
 @pytest.mark.parametrize("num, step, threads", [(1, 1, 2), (7, 1, 3), (7, 3, 2), (100, 8, 4), (5, 10, 2)])
 def test_chunks_cover_every_image_once_in_runs_per_part(num, step, threads):
-    im2col.set_num_threads(threads)
+    set_num_threads(threads)
     try:
         seen, names, lock = [], {}, threading.Lock()
         inside = []
@@ -33,10 +34,10 @@ def test_chunks_cover_every_image_once_in_runs_per_part(num, step, threads):
                 seen.append((start, stop, part))
                 names.setdefault(part, set()).add(threading.current_thread().name)
                 inside.append(blas_threads())
-        parts = image_threads.for_image_chunks(num, step, fn)
-        planned = image_threads.num_parts(num, step)
+        parts = cpu_threads.for_image_chunks(num, step, fn)
+        planned = cpu_threads.num_parts(num, step)
     finally:
-        im2col.set_num_threads(None)
+        set_num_threads(None)
     assert parts == planned == min(threads, -(-num // step))
     covered = sorted(i for start, stop, _ in seen for i in range(start, stop))
     assert covered == list(range(num))
@@ -49,9 +50,9 @@ def test_chunks_cover_every_image_once_in_runs_per_part(num, step, threads):
 
 def test_single_threaded_blas_restores_the_count():
     before = blas_threads()
-    with image_threads.single_threaded_blas():
+    with cpu_threads.single_threaded_blas():
         assert all(n == 1 for n in blas_threads())
-        with image_threads.single_threaded_blas():
+        with cpu_threads.single_threaded_blas():
             assert all(n == 1 for n in blas_threads())
         assert all(n == 1 for n in blas_threads())
     assert blas_threads() == before
@@ -63,20 +64,20 @@ def test_worker_errors_reach_the_caller_and_the_count_is_restored():
     def fn(start, stop, part):
         if start == 3:
             raise ValueError("image 3")
-    im2col.set_num_threads(2)
+    set_num_threads(2)
     try:
         with pytest.raises(ValueError, match="image 3"):
-            image_threads.for_image_chunks(6, 1, fn)
+            cpu_threads.for_image_chunks(6, 1, fn)
     finally:
-        im2col.set_num_threads(None)
+        set_num_threads(None)
     assert blas_threads() == before
 
 
 def test_available_only_for_numpy_batches(monkeypatch):
-    assert image_threads.available(numpy, 2)
-    assert not image_threads.available(numpy, 1)
-    monkeypatch.setattr(image_threads, "ENABLED", False)
-    assert not image_threads.available(numpy, 8)
+    assert cpu_threads.available(numpy, 2)
+    assert not cpu_threads.available(numpy, 1)
+    monkeypatch.setattr(cpu_threads, "ENABLED", False)
+    assert not cpu_threads.available(numpy, 8)
 
 
 def test_openblas_loaded_before_caffeish_gets_the_short_idle_spin(tmp_path):

@@ -1,4 +1,4 @@
-"""The compiled direct convolution (caffeish/native): agreement with the numpy reference, the build
+"""The compiled direct convolution (caffeish/cpu/native): agreement with the numpy reference, the build
 and its fallbacks (switched off, no working compiler), and argument checks."""
 import os
 import subprocess
@@ -8,14 +8,15 @@ from pathlib import Path
 import numpy
 import pytest
 
-from caffeish import im2col, native
+from caffeish.cpu import native, set_num_threads
+from caffeish.cpu import threads as cpu_threads
+from caffeish.cpu.native import conv as native_conv
+from caffeish.cpu.native import direct
 from caffeish.layers.vision import convolution as conv_module
-from caffeish.native import conv as native_conv
-from caffeish.native import direct
 from helpers import blob, empty, make_layer
 from test_fast_paths import ref_conv
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 needs_native = pytest.mark.skipif(native.library() is None, reason=f"native kernels: {native.status()}")
 
 
@@ -23,12 +24,12 @@ needs_native = pytest.mark.skipif(native.library() is None, reason=f"native kern
 def threads(request, monkeypatch):
     """1 and 2 threads deal out whole images; 8 outnumber the images (1-5), which the threads then share.
     The threads split even the smallest work here, and the kernel takes every size, 1x1 included."""
-    monkeypatch.setattr(im2col, "PARALLEL_MIN_ELEMENTS", 1)
+    monkeypatch.setattr(cpu_threads, "PARALLEL_MIN_ELEMENTS", 1)
     monkeypatch.setattr(direct, "MIN_OUTPUTS", 1)
     monkeypatch.setattr(direct, "POINTWISE_TO_GEMM", False)
-    im2col.set_num_threads(request.param)
+    set_num_threads(request.param)
     yield request.param
-    im2col.set_num_threads(None)
+    set_num_threads(None)
 
 
 def random_case(rng):
@@ -170,10 +171,10 @@ def run_python(code, **env):
 
 NET_CHECK = """
 import numpy, warnings
-from caffeish import im2col, native
+from caffeish.cpu import native
 from caffeish.layers.vision import convolution
 from helpers import blob, empty
-from test_native import conv_layer
+from cpu.test_native import conv_layer
 warnings.simplefilter("always")
 layer = conv_layer(3, (3, 3), (1, 1), (1, 1), 1, numpy.float64)
 x = blob((2, 2, 5, 5))
@@ -204,7 +205,7 @@ def test_a_failing_compiler_warns_once_and_runs_the_numpy_paths(tmp_path):
 
 @needs_native
 def test_the_build_is_cached_and_reused(tmp_path):
-    code = "from caffeish import native; print(native.status())"
+    code = "from caffeish.cpu import native; print(native.status())"
     first = run_python(code, CAFFEISH_CACHE_DIR=str(tmp_path))
     assert first.returncode == 0, first.stderr
     built = list(tmp_path.iterdir())
@@ -221,7 +222,7 @@ def test_an_unwritable_cache_falls_back_to_the_temp_directory(tmp_path):
     not_a_folder.write_text("")
     temp = tmp_path / "tmp"
     temp.mkdir()
-    result = run_python("from caffeish import native; print(native.status())", XDG_CACHE_HOME=str(not_a_folder),
+    result = run_python("from caffeish.cpu import native; print(native.status())", XDG_CACHE_HOME=str(not_a_folder),
                         TMPDIR=str(temp))
     assert result.returncode == 0 and not result.stderr, result.stderr
     built = list(temp.glob("caffeish-*/caffeish_native_*.so"))

@@ -1,4 +1,10 @@
-"""Image-parallel work on the CPU: the batch split across threads, each with a single-threaded BLAS.
+"""Threads on the CPU: numpy's element-wise work split across them, and the batch split image by image.
+
+Element-wise work.  ``parallel_for`` cuts a range into one contiguous part per thread (``num_threads``, as
+many as the BLAS uses) and runs them on a shared pool, the caller running one; numpy releases the GIL inside
+its loops, so the parts run in parallel.  ``parallel_copy`` is a copy split that way.
+
+Image-parallel work: the batch split across threads, each with a single-threaded BLAS.
 
 One multi-threaded GEMM over a whole batch's columns streams them through memory: for CIFAR-10's
 second convolution (100 images of 32 x 16 x 16, 5x5 kernel) the columns are 82 MB, written by im2col
@@ -12,7 +18,7 @@ Used where it pays (the layers decide): numpy arrays, more than one image, threa
 
 Idle BLAS threads.  After each call OpenBLAS's worker threads spin for 2^28 cycles (about 0.1 s)
 before they sleep: in a training iteration that is always, so on two cores every element-wise
-pass split across our threads (``caffeish.im2col.parallel_for``), and every chunk of the threads
+pass split across our threads (``parallel_for``), and every chunk of the threads
 above, ran beside a spinning thread and took up to 1.5x as long (CIFAR-10 quick: 162 ms per
 forward+backward against 120 ms).  ``OPENBLAS_THREAD_TIMEOUT`` (log2 of the cycles) sets that
 spin: ``caffeish/__init__.py`` sets 12 (a few microseconds) unless the user set it, which takes
@@ -21,12 +27,95 @@ to an OpenBLAS that was loaded before (it re-reads the environment and restarts 
 """
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import numpy
 
-from .im2col import num_threads, parallel_for
+# -- threads for the element-wise work ----------------------------------------------------------
+#: Below this many elements a split across threads costs more than it saves.
+PARALLEL_MIN_ELEMENTS = 1 << 17
+_threads = {"count": None, "executor": None, "pid": None}
+_local = threading.local()  # in_parallel: set while this thread runs a part (nested calls run serially)
 
+
+def num_threads():
+    """Threads for numpy's element-wise work (copies, sums, masks): as many as the BLAS uses.
+
+    CAFFEISH_NUM_THREADS, else OPENBLAS_NUM_THREADS / OMP_NUM_THREADS / MKL_NUM_THREADS, else the CPUs
+    this process may run on.  numpy releases the GIL inside its loops, so threads run them in parallel.
+    """
+    if _threads["count"] is None:
+        count = None
+        for var in ("CAFFEISH_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            value = os.environ.get(var, "").strip()
+            if value.isdigit() and int(value) > 0:
+                count = int(value)
+                break
+        if count is None:
+            count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        _threads["count"] = max(1, count)
+    return _threads["count"]
+
+
+def set_num_threads(count):
+    """Use ``count`` threads for the element-wise work (None: decide again from the environment)."""
+    _threads["count"] = None if count is None else max(1, int(count))
+
+
+def parallel_for(total, fn, elements=None, xp=numpy):
+    """Run ``fn(lo, hi)`` over ``[0, total)`` cut into one contiguous part per thread; the caller runs one.
+
+    ``elements`` is the amount of work (array elements touched) deciding whether a split pays; ``xp`` the
+    array module (CuPy's work is queued on the device: it runs in one call).  The parts must write disjoint
+    memory.  ``fn`` must not ask for ``workspace`` buffers (they are per thread) nor call ``parallel_for``
+    (nested calls run serially).
+    """
+    if xp is not numpy:
+        fn(0, total)
+        return
+    count = min(num_threads(), total)
+    if elements is not None:
+        count = min(count, max(1, int(elements) // PARALLEL_MIN_ELEMENTS))
+    if count <= 1 or getattr(_local, "in_parallel", False):
+        fn(0, total)
+        return
+    if _threads["executor"] is None or _threads["pid"] != os.getpid() or \
+            _threads["executor"]._max_workers < count - 1:
+        _threads["executor"] = ThreadPoolExecutor(max_workers=max(1, num_threads() - 1),
+                                                  thread_name_prefix="caffeish-numpy")
+        _threads["pid"] = os.getpid()  # a forked child makes its own: the parent's threads are not in it
+    bounds = [total * i // count for i in range(count + 1)]
+
+    def run(lo, hi):
+        _local.in_parallel = True
+        try:
+            fn(lo, hi)
+        finally:
+            _local.in_parallel = False
+    futures = [_threads["executor"].submit(run, bounds[i], bounds[i + 1]) for i in range(count - 1)]
+    try:
+        run(bounds[-2], bounds[-1])
+    finally:
+        for f in futures:
+            f.result()
+
+
+def parallel_copy(dst, src, axis=0):
+    """dst[...] = src, split along ``axis`` across threads (numpy; CuPy copies at once)."""
+    if not isinstance(dst, numpy.ndarray) or dst.ndim == 0:
+        dst[...] = src
+        return
+    index = [slice(None)] * dst.ndim
+
+    def part(lo, hi):
+        index_ = list(index)
+        index_[axis] = slice(lo, hi)
+        dst[tuple(index_)] = src[tuple(index_)]
+    parallel_for(dst.shape[axis], part, dst.size)
+
+
+# -- image-parallel work -------------------------------------------------------------------------
 #: Column bytes per chunk of images: about one core's L2 cache (the chunk's columns are written, then
 #: read by the GEMM while still cached).  At least one image per chunk, however large.
 CHUNK_BYTES = 1 << 20

@@ -1,7 +1,7 @@
 """ctypes front end of the native direct convolution (``conv.c``): argument checks and the geometry vector.
 
 ``applies`` says whether a convolution can run there at all (2-D, float32/float64, the library built);
-``caffeish.native.direct`` decides where it pays and runs the passes on threads (ctypes releases the GIL
+``caffeish.cpu.native.direct`` decides where it pays and runs the passes on threads (ctypes releases the GIL
 for the call).  Each call takes a run of whole images, or -- with ``part``/``parts`` -- its share of every
 image's work.
 """
