@@ -12,29 +12,37 @@ from .errors import CaffeishError
 from .net import TEST, Net
 
 
+def image_transformer(net, what, mean, input_scale, raw_scale, channel_swap):
+    """``(input name, its shape, Transformer)`` for a deploy ``net`` taking N x C x H x W images, set up as
+    pycaffe's Classifier and Detector do (H x W x C images in, the given mean and scales)."""
+    if not net.inputs:
+        raise CaffeishError(f"net '{net.name}' has no input blob: a {what} needs a deploy net (an Input layer "
+                            "giving the image shape)")
+    in_ = net.inputs[0]
+    shape = tuple(net.blobs[in_].data.shape)
+    if len(shape) != 4:
+        raise CaffeishError(f"the net's input '{in_}' has shape {shape}; a {what} needs N x C x H x W")
+    transformer = cio.Transformer({in_: shape})
+    transformer.set_transpose(in_, (2, 0, 1))
+    if mean is not None:
+        transformer.set_mean(in_, mean)
+    if input_scale is not None:
+        transformer.set_input_scale(in_, input_scale)
+    if raw_scale is not None:
+        transformer.set_raw_scale(in_, raw_scale)
+    if channel_swap is not None:
+        transformer.set_channel_swap(in_, channel_swap)
+    return in_, shape, transformer
+
+
 class Classifier(Net):
     """A Net that classifies images: resize to ``image_dims``, crop to the input size, preprocess, forward."""
 
     def __init__(self, model_file, pretrained_file, image_dims=None, mean=None, input_scale=None, raw_scale=None,
                  channel_swap=None):
         super().__init__(model_file, pretrained_file, TEST)
-        if not self.inputs:
-            raise CaffeishError(f"net '{self.name}' has no input blob: a Classifier needs a deploy net (an Input "
-                                "layer giving the image shape)")
-        in_ = self.inputs[0]
-        shape = tuple(self.blobs[in_].data.shape)
-        if len(shape) != 4:
-            raise CaffeishError(f"the net's input '{in_}' has shape {shape}; a Classifier needs N x C x H x W")
-        self.transformer = cio.Transformer({in_: shape})
-        self.transformer.set_transpose(in_, (2, 0, 1))
-        if mean is not None:
-            self.transformer.set_mean(in_, mean)
-        if input_scale is not None:
-            self.transformer.set_input_scale(in_, input_scale)
-        if raw_scale is not None:
-            self.transformer.set_raw_scale(in_, raw_scale)
-        if channel_swap is not None:
-            self.transformer.set_channel_swap(in_, channel_swap)
+        in_, shape, self.transformer = image_transformer(self, "Classifier", mean, input_scale, raw_scale,
+                                                         channel_swap)
         self.crop_dims = numpy.array(shape[2:])
         if image_dims is None or len(image_dims) == 0:
             image_dims = self.crop_dims

@@ -12,6 +12,7 @@ import os
 import numpy
 
 from . import io as cio
+from .classifier import image_transformer
 from .errors import CaffeishError
 from .net import TEST, Net
 
@@ -22,23 +23,7 @@ class Detector(Net):
     def __init__(self, model_file, pretrained_file, mean=None, input_scale=None, raw_scale=None,
                  channel_swap=None, context_pad=None):
         super().__init__(model_file, pretrained_file, TEST)
-        if not self.inputs:
-            raise CaffeishError(f"net '{self.name}' has no input blob: a Detector needs a deploy net (an Input "
-                                "layer giving the image shape)")
-        in_ = self.inputs[0]
-        shape = tuple(self.blobs[in_].data.shape)
-        if len(shape) != 4:
-            raise CaffeishError(f"the net's input '{in_}' has shape {shape}; a Detector needs N x C x H x W")
-        self.transformer = cio.Transformer({in_: shape})
-        self.transformer.set_transpose(in_, (2, 0, 1))
-        if mean is not None:
-            self.transformer.set_mean(in_, mean)
-        if input_scale is not None:
-            self.transformer.set_input_scale(in_, input_scale)
-        if raw_scale is not None:
-            self.transformer.set_raw_scale(in_, raw_scale)
-        if channel_swap is not None:
-            self.transformer.set_channel_swap(in_, channel_swap)
+        _, _, self.transformer = image_transformer(self, "Detector", mean, input_scale, raw_scale, channel_swap)
         self.configure_crop(context_pad)
 
     def detect_windows(self, images_windows):
