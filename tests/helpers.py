@@ -1,4 +1,9 @@
 """Small builders shared by the tests."""
+import logging
+import os
+import subprocess
+import sys
+
 import numpy
 
 from caffeish import Blob, caffe_pb2, im2col
@@ -49,3 +54,33 @@ def random_geometry(rng, nd, unit_last_stride=False):
         out = im2col.conv_output_shape(spatial, kernel, stride, pad, dilation)
         if all(o > 0 for o in out):
             return spatial, kernel, stride, pad, dilation
+
+
+# -- the command line, as users run it ------------------------------------------------------------------------
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def caffeish_run(*args, check=False, pythonpath=ROOT, timeout=120):
+    """``python -m caffeish ARGS`` in a subprocess from the repository root; with ``check``, a non-zero exit
+    fails the test with the end of stderr."""
+    proc = subprocess.run([sys.executable, "-m", "caffeish", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": pythonpath}, timeout=timeout)
+    if check and proc.returncode:
+        raise AssertionError(f"exit {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def caffeish_in_process(capsys, *args):
+    """The CLI in this process (no interpreter start-up: for many quick cases); returns (exit code, stdout,
+    stderr).  The caffeish logger is put back as it was."""
+    from caffeish.cli import main
+    logger = logging.getLogger("caffeish")
+    saved = logger.handlers[:], logger.propagate, logger.level
+    logger.handlers = []
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in args])
+    finally:
+        logger.handlers, logger.propagate, logger.level = saved
+    out = capsys.readouterr()
+    return code, out.out, out.err

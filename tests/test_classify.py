@@ -1,26 +1,21 @@
 """`caffeish classify`: top-k classes of images under a deploy net, as a user runs it."""
+import functools
 import os
 import re
-import subprocess
-import sys
 
 import numpy
 import pytest
 from PIL import Image
 
 import caffeish
+from helpers import caffeish_run
+
+run = functools.partial(caffeish_run, check=True)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 LINE = re.compile(r"^  (\d+\.\d{6})  (\d+)(?:  (.+))?$")
 
-
-def run(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "caffeish", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": ROOT}, timeout=120)
-    if check and proc.returncode:
-        raise AssertionError(f"exit {proc.returncode}:\n{proc.stderr[-3000:]}")
-    return proc
 
 
 def results(stdout):

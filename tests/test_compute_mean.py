@@ -1,5 +1,4 @@
 """caffeish compute-mean: Caffe's compute_image_mean over LMDB (raw, encoded) and HDF5 databases."""
-import logging
 import os
 import pathlib
 import re
@@ -14,6 +13,13 @@ from PIL import Image
 from caffeish import caffe_pb2
 from caffeish import io as cio
 from caffeish.data import converters
+from helpers import caffeish_in_process
+
+
+def cli(capsys, *args):
+    """(exit code, stderr) of the CLI run in this process."""
+    code, _, err = caffeish_in_process(capsys, *args)
+    return code, err
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -22,20 +28,6 @@ def caffeish(*args):
     return subprocess.run([sys.executable, "-m", "caffeish", *map(str, args)], cwd=ROOT, capture_output=True,
                           text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
 
-
-def cli(capsys, *args):
-    """The CLI in-process, for the error cases; the logger is put back as it was."""
-    from caffeish.cli import main
-
-    logger = logging.getLogger("caffeish")
-    saved = logger.handlers[:], logger.propagate, logger.level
-    logger.handlers = []
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in args])
-    finally:
-        logger.handlers, logger.propagate, logger.level = saved
-    return code, capsys.readouterr().err
 
 
 def channel_means(stderr):

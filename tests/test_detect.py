@@ -1,8 +1,7 @@
 """pycaffe's Detector and `caffeish detect`: windows of images scored by a deploy net."""
+import functools
 import csv
 import os
-import subprocess
-import sys
 
 import numpy
 import pytest
@@ -12,6 +11,9 @@ import caffeish
 from caffeish import io as cio
 from caffeish.detector import Detector
 from caffeish.errors import CaffeishError
+from helpers import caffeish_run
+
+run = functools.partial(caffeish_run, check=True)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEPLOY = """name: "win"
@@ -22,13 +24,6 @@ layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
 """
 MEAN = numpy.array([100.0, 110.0, 120.0])  # BGR
 
-
-def run(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "caffeish", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": ROOT}, timeout=120)
-    if check and proc.returncode:
-        raise AssertionError(f"exit {proc.returncode}:\n{proc.stderr[-3000:]}")
-    return proc
 
 
 @pytest.fixture

@@ -1,8 +1,5 @@
 """`caffeish extract-features`: Caffe's tools/extract_features -- a trained net's blobs, one Datum per image."""
-import logging
 import os
-import subprocess
-import sys
 
 import h5py
 import lmdb
@@ -13,6 +10,13 @@ from caffeish import io as cio
 from caffeish.data.db import open_db
 from caffeish.net import TEST, Net
 from caffeish.proto import caffe_pb2
+from helpers import caffeish_in_process, caffeish_run as run
+
+
+def cli(capsys, *args):
+    """(exit code, stderr) of the CLI run in this process."""
+    code, _, err = caffeish_in_process(capsys, *args)
+    return code, err
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGES = 10
@@ -33,23 +37,6 @@ layer {{ name: "prob" type: "Softmax" bottom: "fc" top: "prob" }}
 """
 
 
-def run(*args):
-    return subprocess.run([sys.executable, "-m", "caffeish", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, env={**os.environ, "PYTHONPATH": ROOT}, timeout=120)
-
-
-def cli(capsys, *args):
-    """The CLI in-process, for the error cases; returns (exit code, stderr)."""
-    from caffeish.cli import main
-    logger = logging.getLogger("caffeish")
-    saved = logger.handlers[:], logger.propagate, logger.level
-    logger.handlers = []
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in args])
-    finally:
-        logger.handlers, logger.propagate, logger.level = saved
-    return code, capsys.readouterr().err
 
 
 @pytest.fixture

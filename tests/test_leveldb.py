@@ -1,8 +1,5 @@
 """LevelDB, Caffe's older default backend: read through plyvel, `caffeish convert leveldb SRC DST` into LMDB."""
-import logging
 import os
-import subprocess
-import sys
 
 import lmdb
 import numpy
@@ -11,28 +8,11 @@ import pytest
 from caffeish import io as cio
 from caffeish.errors import CaffeishError
 from caffeish.net import TEST, Net
+from helpers import caffeish_in_process as cli, caffeish_run as run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run(*args, pythonpath=ROOT):
-    return subprocess.run([sys.executable, "-m", "caffeish", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, env={**os.environ, "PYTHONPATH": pythonpath}, timeout=120)
-
-
-def cli(capsys, *args):
-    """The CLI in-process; returns (exit code, stdout, stderr)."""
-    from caffeish.cli import main
-    logger = logging.getLogger("caffeish")
-    saved = logger.handlers[:], logger.propagate, logger.level
-    logger.handlers = []
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in args])
-    finally:
-        logger.handlers, logger.propagate, logger.level = saved
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def caffe_leveldb(path, count=6):

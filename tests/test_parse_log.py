@@ -1,16 +1,18 @@
 """`caffeish parse-log`: Caffe's and our own training logs -> CSV tables (Caffe's tools/extra/parse_log.py)."""
+import functools
 import csv
 import datetime
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 
 from caffeish import CaffeishError
 from caffeish.tools.log_parser import parse_log
 from solvers.nets import solver_text
+from helpers import caffeish_run
+
+run = functools.partial(caffeish_run, check=True)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "PYTHONPATH": ROOT}
@@ -42,13 +44,6 @@ I0101 00:00:11.500000 25210 sgd_solver.cpp:105] Iteration 200, lr = 0.00985258
 I0101 00:00:12.000000 25210 solver.cpp:464] Snapshotting to binary proto file lenet_iter_200.caffemodel
 """
 
-
-def run(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "caffeish", *args], cwd=ROOT, env=ENV, capture_output=True,
-                          text=True, timeout=120)
-    if check and proc.returncode:
-        raise AssertionError(f"exit {proc.returncode}:\n{proc.stderr[-3000:]}")
-    return proc
 
 
 def read_csv(path):

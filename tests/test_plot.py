@@ -1,20 +1,14 @@
 """`caffeish plot`: a training log's losses and accuracy as an image (matplotlib, an optional extra), and
 Caffe's plot_training_log.py chart types 0-7 over several logs."""
-import logging
 import os
-import subprocess
-import sys
 
 import pytest
 
 from test_parse_log import CAFFE_LOG
+from helpers import caffeish_in_process as cli, caffeish_run as run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def run(*args, pythonpath=ROOT):
-    return subprocess.run([sys.executable, "-m", "caffeish", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": pythonpath}, timeout=120)
 
 
 def test_plot_writes_a_png_with_loss_and_accuracy(tmp_path):
@@ -69,20 +63,6 @@ def _two_logs(tmp_path):
     (tmp_path / "rerun.log").write_text(OTHER_LOG)
     return str(tmp_path / "lenet.log"), str(tmp_path / "rerun.log")
 
-
-def cli(capsys, *args):
-    """The CLI in-process (one matplotlib import for many charts); returns (exit code, stdout, stderr)."""
-    from caffeish.cli import main
-    logger = logging.getLogger("caffeish")
-    saved = logger.handlers[:], logger.propagate, logger.level
-    logger.handlers = []
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in args])
-    finally:
-        logger.handlers, logger.propagate, logger.level = saved
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_caffe_chart_types_with_two_logs(tmp_path, capsys):

@@ -1,33 +1,13 @@
 """`caffeish resize-and-crop`: Caffe's tools/extra/resize_and_crop_images.py (shorter side N, centre N x N)."""
-import logging
 import os
-import subprocess
-import sys
 
 import numpy
 from PIL import Image
+from helpers import caffeish_in_process as cli, caffeish_run as run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run(*args):
-    return subprocess.run([sys.executable, "-m", "caffeish", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, env={**os.environ, "PYTHONPATH": ROOT}, timeout=120)
-
-
-def cli(capsys, *args):
-    """The CLI in-process; returns (exit code, stdout, stderr)."""
-    from caffeish.cli import main
-    logger = logging.getLogger("caffeish")
-    saved = logger.handlers[:], logger.propagate, logger.level
-    logger.handlers = []
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in args])
-    finally:
-        logger.handlers, logger.propagate, logger.level = saved
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def rgb(path):
