@@ -141,6 +141,31 @@ def looks_like_datum(value):
     return size > 0 and (len(datum.data) == size or len(datum.float_data) == size)
 
 
+# -- what every database reader shares -------------------------------------------------------------------------
+class RecordDB:
+    """The base of the readers (LMDB, HDF5DB, LevelDB): they define ``cursor()``, ``keys_count()`` and
+    ``close()``; this gives iteration, ``len`` and ``with``."""
+
+    def __iter__(self):
+        """(key, value) pairs, first to last."""
+        cur = self.cursor()
+        try:
+            while cur.valid():
+                yield cur.key(), cur.value()
+                cur.next()
+        finally:
+            cur.close()
+
+    def __len__(self):
+        return self.keys_count()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 # -- LevelDB (read-only) ---------------------------------------------------------------------------------------
 LEVELDB_EXTRA = "pip install 'caffeish[leveldb]'"
 
@@ -153,7 +178,7 @@ def _plyvel():
     return plyvel
 
 
-class LevelDB:
+class LevelDB(RecordDB):
     """A LevelDB as Caffe's tools wrote it (``convert_imageset -backend leveldb``, ``extract_features ...
     leveldb``): keys as stored, values serialized Datums, in key order, read through plyvel.
 
@@ -217,39 +242,13 @@ class LevelDB:
     def keys_count(self):
         """The number of records (LevelDB keeps no count: the keys are counted once)."""
         if self._count is None:
-            count = 0
-            cur = self.cursor()
-            try:
-                while cur.valid():
-                    count += 1
-                    cur.next()
-            finally:
-                cur.close()
-            self._count = count
+            self._count = sum(1 for _ in self)
         return self._count
-
-    __len__ = keys_count
-
-    def __iter__(self):
-        """(key, value) pairs, first to last."""
-        cur = self.cursor()
-        try:
-            while cur.valid():
-                yield cur.key(), cur.value()
-                cur.next()
-        finally:
-            cur.close()
 
     def close(self):
         if self.db is not None:
             db, self.db = self.db, None
             db.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def _leveldb_reason(error):

@@ -8,7 +8,7 @@ import numpy
 from ..errors import CaffeishError
 from ..proto import caffe_pb2
 from ..weights import H5_ERRORS
-from .db import COMMIT_EVERY, LIST_NAME, _key_bytes
+from .db import COMMIT_EVERY, LIST_NAME, RecordDB, _key_bytes
 
 
 
@@ -81,7 +81,7 @@ def hdf5_files(path):
     return read_hdf5_list(path)
 
 
-class HDF5DB:
+class HDF5DB(RecordDB):
     """HDF5 ``data``/``label`` files read as records: keys ``%08d``, values serialized Datums."""
     backend = "hdf5"
     mode = "r"
@@ -109,7 +109,6 @@ class HDF5DB:
     def keys_count(self):
         return int(sum(self.counts))
 
-    __len__ = keys_count
 
     def iter_batches(self):
         """(data, label) numpy arrays, a few hundred rows at a time, file by file."""
@@ -127,12 +126,6 @@ class HDF5DB:
     def cursor(self):
         return HDF5Cursor(self)
 
-    def __iter__(self):
-        cur = self.cursor()
-        while cur.valid():
-            yield cur.key(), cur.value()
-            cur.next()
-
     def get(self, key):
         try:
             index = int(_key_bytes(key))
@@ -147,12 +140,6 @@ class HDF5DB:
 
     def close(self):
         pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 class HDF5Cursor:

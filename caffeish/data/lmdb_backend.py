@@ -5,7 +5,8 @@ import threading
 import lmdb
 
 from ..errors import CaffeishError
-from .db import COMMIT_EVERY, INITIAL_MAP_SIZE, LIST_NAME, MAX_MAP_SIZE, MAX_READERS, _key_bytes, looks_like_datum
+from .db import (COMMIT_EVERY, INITIAL_MAP_SIZE, LIST_NAME, MAX_MAP_SIZE, MAX_READERS, RecordDB, _key_bytes,
+                 looks_like_datum)
 
 # -- LMDB ------------------------------------------------------------------------------------------------------
 # LMDB allows one environment per database per process (py-lmdb refuses a second open), so readers
@@ -92,7 +93,7 @@ def _release_reader(key):
                 entry[0].close()
 
 
-class LMDB:
+class LMDB(RecordDB):
     """An LMDB environment, read-only (``mode="r"``) or for building (``mode="w"``)."""
     backend = "lmdb"
 
@@ -167,18 +168,6 @@ class LMDB:
         except lmdb.Error as e:
             raise _damaged(self.path, e) from None
 
-    __len__ = keys_count
-
-    def __iter__(self):
-        """(key, value) pairs, first to last."""
-        cur = self.cursor()
-        try:
-            while cur.valid():
-                yield cur.key(), cur.value()
-                cur.next()
-        finally:
-            cur.close()
-
     # writing
     def transaction(self):
         if self.mode != "w":
@@ -219,12 +208,6 @@ class LMDB:
             else:
                 _release_reader(self._reader_key)
             self.env = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 class LMDBCursor:
