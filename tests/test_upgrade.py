@@ -14,6 +14,7 @@ from caffeish import CaffeishError, Net, caffe_pb2
 from caffeish.prototxt import parse_text, read_net_param, read_solver_param
 from caffeish.upgrade import (V1_TYPE_NAMES, V1_TYPES, net_needs_upgrade, upgrade_net, upgrade_solver,
                               upgrade_solver_type)
+from helpers import caffeish_in_process as cli
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "models" / "lenet" / "lenet_deploy.prototxt"
@@ -75,22 +76,6 @@ layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "ip2" bottom: "label" top:
 
 def net(text):
     return parse_text(text, caffe_pb2.NetParameter())
-
-
-def cli(capsys, *args):
-    """The CLI in-process (quicker, for the small cases); the logger is put back as it was."""
-    from caffeish.cli import main
-
-    logger = logging.getLogger("caffeish")
-    saved = logger.handlers[:], logger.propagate, logger.level
-    logger.handlers = []
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in args])
-    finally:
-        logger.handlers, logger.propagate, logger.level = saved
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def caffeish_cli(*args, check=True):
