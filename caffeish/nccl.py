@@ -42,6 +42,7 @@ class NCCL:
             raise CaffeishError(f"solver rank {self.rank} is outside 0..{self.size - 1}: call "
                                 "caffe.set_solver_count(N) and caffe.set_solver_rank(r) before building the solver")
         self._group = _SocketGroup(bytes(uid), self.rank, self.size) if self.size > 1 else None
+        self._flat = None
         if self.size > 1:
             for layer in solver.net.layers:
                 if hasattr(layer, "set_shard"):
@@ -52,16 +53,30 @@ class NCCL:
         """A fresh id naming one group of processes (bytes, as pycaffe's under Python 3)."""
         return b"caffeish-nccl-" + os.urandom(12).hex().encode()
 
-    def _params(self):
-        return self.solver.net.learnable_params
+    def _gather(self, field):
+        """The parameters' ``field`` (data or diff) side by side in one host buffer, kept between iterations."""
+        params = self.solver.net.learnable_params
+        if self._flat is None:
+            self._flat = numpy.empty(sum(p.count for p in params), dtype=self.solver.net.dtype)
+        offset = 0
+        for blob in params:
+            self._flat[offset:offset + blob.count] = backend.to_cpu(getattr(blob, field)).ravel()
+            offset += blob.count
+        return self._flat
+
+    def _scatter(self, field):
+        offset = 0
+        for blob in self.solver.net.learnable_params:
+            part = self._flat[offset:offset + blob.count].reshape(blob.shape)
+            getattr(blob, field)[...] = backend.to_current(part, blob.dtype)
+            offset += blob.count
 
     def bcast(self):
         """Give every rank rank 0's parameters."""
         if self._group is None:
             return
-        flat = _flatten([p.data for p in self._params()])
-        self._group.broadcast(flat)
-        _unflatten(flat, self._params(), "data")
+        self._group.broadcast(self._gather("data"))
+        self._scatter("data")
 
     def on_start(self):
         pass
@@ -70,10 +85,10 @@ class NCCL:
         """Sum the parameter gradients over the ranks and divide by their number (Caffe's NCCL)."""
         if self._group is None:
             return
-        flat = _flatten([p.diff for p in self._params()])
+        flat = self._gather("diff")
         self._group.allreduce(flat)
-        flat /= self.size
-        _unflatten(flat, self._params(), "diff")
+        flat /= flat.dtype.type(self.size)
+        self._scatter("diff")
 
     def __call__(self, layer_id):
         # ``solver.net.after_backward(nccl)`` (layer-wise reduction in Caffe): the whole reduction happens in
@@ -84,19 +99,6 @@ class NCCL:
         if self._group is not None:
             self._group.close()
             self._group = None
-
-
-def _flatten(arrays):
-    return numpy.concatenate([backend.to_cpu(a).astype(numpy.float64).ravel() for a in arrays]) if arrays else \
-        numpy.zeros(0)
-
-
-def _unflatten(flat, blobs, field):
-    offset = 0
-    for blob in blobs:
-        part = flat[offset:offset + blob.count].reshape(blob.shape)
-        getattr(blob, field)[...] = backend.to_current(part, blob.dtype)
-        offset += blob.count
 
 
 def _recv_exact(sock, view):
@@ -113,6 +115,7 @@ class _SocketGroup:
 
     def __init__(self, uid, rank, size):
         self.rank, self.size = rank, size
+        self._part = None  # rank 0's receive buffer
         self.path = os.path.join(tempfile.gettempdir(), uid.decode("ascii") + ".sock")
         deadline = time.monotonic() + TIMEOUT
         if rank == 0:
@@ -172,10 +175,11 @@ class _SocketGroup:
     def allreduce(self, array):
         """``array`` becomes the sum over the ranks (added in rank order, so every rank gets the same bits)."""
         if self.rank == 0:
-            part = numpy.empty_like(array)
+            if self._part is None or self._part.shape != array.shape or self._part.dtype != array.dtype:
+                self._part = numpy.empty_like(array)
             for conn in self.peers:
-                self._recv(conn, part)
-                array += part
+                self._recv(conn, self._part)
+                array += self._part
         else:
             self._send(self.peers[0], array)
         self.broadcast(array)
