@@ -89,10 +89,16 @@ def write_mean_binaryproto(path, arr):
 
 
 # -- images ------------------------------------------------------------------------------------------------
-def _open_image(source, name):
-    """A fully decoded PIL image from a path or bytes; undecodable input -> CaffeishError naming it."""
+def _open_image(source, name, gray_jpeg=False):
+    """A fully decoded PIL image from a path or bytes; undecodable input -> CaffeishError naming it.
+
+    ``gray_jpeg``: a colour JPEG is decoded straight to grey by libjpeg, as ``cv::imread(...,
+    IMREAD_GRAYSCALE)`` does (it hands over the luma plane, which no formula on the RGB pixels gives).
+    """
     try:
         img = Image.open(_io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source)
+        if gray_jpeg and img.format in ("JPEG", "MPO") and img.mode == "RGB":
+            img.draft("L", img.size)
         img.load()
         return img
     except FileNotFoundError:
@@ -102,39 +108,6 @@ def _open_image(source, name):
         raise CaffeishError(f"cannot decode the image ({reason})", path=name) from None
 
 
-def _to_mode(img, color):
-    """``color`` True: RGB; False: grayscale; None: as stored (gray stays gray, alpha dropped)."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = numpy.asarray(img, dtype=numpy.float64)
-        img = Image.fromarray((arr / (256.0 if arr.max() > 255 else 1.0)).clip(0, 255).astype(numpy.uint8))
-    if color is None:
-        color = img.mode not in ("L", "1", "LA", "I", "F")
-    return img.convert("RGB" if color else "L")
-
-
-def _open_for_imread(source, name, color):
-    """``_open_image``, but a colour JPEG wanted grey (``color`` False) is decoded to grey by libjpeg.
-
-    That is what ``cv::imread(..., IMREAD_GRAYSCALE)`` does: libjpeg hands over the luma plane,
-    which no formula on the decoded RGB pixels reproduces.
-    """
-    if color is False:
-        try:
-            img = Image.open(_io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source)
-        except Exception:  # noqa: BLE001 -- _open_image below reports what is wrong with the input
-            img = None
-        if img is not None:
-            try:
-                if img.format in ("JPEG", "MPO") and img.mode == "RGB":
-                    img.draft("L", img.size)
-                    img.load()
-                    return img
-            except Exception:  # noqa: BLE001 -- as above
-                pass
-            img.close()
-    return _open_image(source, name)
-
-
 def _imread_pixels(img, color):
     """A decoded PIL image as ``cv::imread`` gives it: uint8 H x W (grey) or H x W x 3 RGB.
 
@@ -142,12 +115,13 @@ def _imread_pixels(img, color):
     16-bit images keep their high byte; an RGBA TIFF comes premultiplied by its alpha, as libtiff's
     RGBA reader gives it; colour turns grey as the format's reader does it (``caffeish.imgproc``):
     libpng's conversion for PNG (gamma included), cvtColor's for WebP and images not from a file,
-    OpenCV's decoders' for the rest (JPEG: see ``_open_for_imread``).
+    OpenCV's decoders' for the rest (JPEG: see ``_open_image``).
     """
     if img.mode.startswith("I;16"):
         img = Image.fromarray((numpy.asarray(img) >> 8).astype(numpy.uint8))
-    elif img.mode in ("I", "F"):
-        img = _to_mode(img, False)
+    elif img.mode in ("I", "F"):  # 32-bit grey: scaled to 8 bits when it goes past them
+        arr = numpy.asarray(img, dtype=numpy.float64)
+        img = Image.fromarray((arr / (256.0 if arr.max() > 255 else 1.0)).clip(0, 255).astype(numpy.uint8))
     stored_gray = img.mode in ("L", "1", "LA", "La")
     if color is None:
         color = not stored_gray
@@ -186,7 +160,7 @@ def read_image_chw_bgr(path, color=True, height=0, width=0):
     The pixels are OpenCV's: ``cv::imread`` (see ``_imread_pixels``), then, when ``height`` and
     ``width`` are both positive, ``cv::resize`` with INTER_LINEAR (``imgproc.resize_linear``).
     """
-    arr = _imread_pixels(_open_for_imread(path, path, color), color)
+    arr = _imread_pixels(_open_image(path, path, gray_jpeg=color is False), color)
     if height > 0 and width > 0:
         arr = imgproc.resize_linear(arr, height, width)
     return _chw_bgr(arr)
@@ -196,7 +170,7 @@ def decode_image(data, is_color=None, name="encoded image"):
     """Bytes of an image file -> uint8 C x H x W BGR as ``cv::imdecode`` gives it (``is_color`` None keeps the
     stored channels)."""
     data = bytes(data)
-    return image_to_chw_bgr(_open_for_imread(data, name, is_color), is_color)
+    return image_to_chw_bgr(_open_image(data, name, gray_jpeg=is_color is False), is_color)
 
 
 def decode_datum_image(datum, is_color=None):
