@@ -15,6 +15,8 @@ from .errors import CaffeishError
 from .prototxt import read_binary_proto, write_binary_proto
 from .proto import caffe_pb2
 
+#: The image files the tools pick out of a folder (classify, resize-and-crop).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pbm", ".webp")
 _FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "bmp": "BMP", "tif": "TIFF", "tiff": "TIFF"}
 
 

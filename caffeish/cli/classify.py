@@ -23,14 +23,22 @@ import os
 import click
 import numpy
 
+from .. import io as cio
+from ..atomic import atomic_path
+from ..classifier import Classifier
+from ..data.converters import read_image_list
+from ..data.transform import DataTransformer, effective_transform_param
 from ..errors import CaffeishError
+from ..io import IMAGE_EXTENSIONS
 from ..net import TEST, Net
+from ..net_graph import filter_net
 from ..proto import caffe_pb2
+from ..prototxt import read_net_param
+from ..weights import load_weights
 from . import register_command
 from .common import gpu_option, select_device
 
 log = logging.getLogger("caffeish")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".webp")
 #: Data layers whose images classify can reproduce, with the field holding their deprecated transform fields.
 IMAGE_DATA_LAYERS = {"Data": "data_param", "ImageData": "image_data_param"}
 #: Layers that make blobs from outside the net (left out of the deploy version of a train/test net).
@@ -84,8 +92,7 @@ def read_mean_array(mean_file):
         except (OSError, ValueError) as e:
             raise CaffeishError(f"cannot read the mean file {mean_file}: {e}") from None
     else:
-        from ..io import read_mean_binaryproto
-        mean = read_mean_binaryproto(mean_file)
+        mean = cio.read_mean_binaryproto(mean_file)
     try:
         return numpy.asarray(mean, dtype=numpy.float32)
     except (TypeError, ValueError):
@@ -152,7 +159,6 @@ def _ints(text, option):
 
 # -- a train/test net's TEST-phase data layer ------------------------------------------------------------------
 def _test_phase(param):
-    from ..net_graph import filter_net
     return filter_net(param, caffe_pb2.NetState(phase=TEST))
 
 
@@ -181,7 +187,6 @@ class CaffeTransform:
     stores them), then its transform_param through caffeish's DataTransformer (mean, centre crop, scale)."""
 
     def __init__(self, layer, gray=None, resize_height=None, resize_width=None):
-        from ..data.transform import DataTransformer, effective_transform_param
         legacy_name = IMAGE_DATA_LAYERS[layer.type]
         param = effective_transform_param(layer, getattr(layer, legacy_name), legacy_name)
         color, height, width = True, 0, 0
@@ -207,7 +212,6 @@ class CaffeTransform:
 
     def load(self, path):
         """One image as the data layer gets it (uint8 C x H x W, BGR), checked against the transform."""
-        from .. import io as cio
         image = cio.read_image_chw_bgr(path, self.color, self.height, self.width)
         try:
             self.transformer.output_shape(image.shape)
@@ -299,8 +303,6 @@ def _averaged(scores, oversample):
 
 
 def _run_caffe_transform(model, weights, paths, transform_from, gray, resize_height, resize_width, oversample, blob):
-    from ..prototxt import read_net_param
-    from ..weights import load_weights
     param = read_net_param(model)
     deploy = _is_deploy(param)
     source = read_net_param(transform_from) if transform_from else param
@@ -337,8 +339,6 @@ def _run_caffe_transform(model, weights, paths, transform_from, gray, resize_hei
 
 def _run_pycaffe(model, weights, paths, mean_file, mean_value, raw_scale, scale, channel_swap, images_dim,
                  oversample, blob):
-    from ..classifier import Classifier
-    from ..io import load_image
     probe = Net(model, TEST)  # the input's shape and the checks on the flags, before the weights are read
     try:
         name, (_, channels, height, width) = _input_blob(probe)
@@ -358,7 +358,7 @@ def _run_pycaffe(model, weights, paths, mean_file, mean_value, raw_scale, scale,
         per_batch = max(1, clf.blobs[name].shape[0] // (10 if oversample else 1))
         rows = []
         for chunk in _chunks(paths, per_batch):
-            images = [load_image(p, color=channels == 3) for p in chunk]
+            images = [cio.load_image(p, color=channels == 3) for p in chunk]
             data = clf._crops(images, oversample)
             rows.append(_averaged(clf.forward_all(blobs=[out_name], **{name: data})[out_name], oversample))
         return out_name, numpy.concatenate(rows).astype(numpy.float64)
@@ -367,7 +367,6 @@ def _run_pycaffe(model, weights, paths, mean_file, mean_value, raw_scale, scale,
 
 
 def _save_npy(path, array):
-    from ..atomic import atomic_path
     try:
         with atomic_path(path, suffix=".npy") as tmp:
             with open(tmp, "wb") as f:
@@ -412,7 +411,6 @@ def classify(images, model, weights, list_file, root, transform_from, gray, resi
              mean_value, raw_scale, scale, channel_swap, images_dim, oversample, center_only, labels, top_k, blob,
              output, gpu):
     """Print the top classes, with their probabilities, of each IMAGE (files or directories)."""
-    from ..prototxt import read_net_param
     if output and not output.endswith(".npy"):
         if blob:
             raise CaffeishError(f"--output writes a .npy file, not '{output}'")
@@ -424,7 +422,6 @@ def classify(images, model, weights, list_file, root, transform_from, gray, resi
     paths = _image_paths(images)
     truth = None
     if list_file:
-        from ..data.converters import read_image_list
         entries = read_image_list(list_file)
         truth = [None] * len(paths) + [label for _, label in entries]
         paths += [os.path.join(root, p) if root else p for p, _ in entries]

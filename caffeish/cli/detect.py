@@ -16,6 +16,8 @@ import time
 import click
 import numpy
 
+from ..atomic import atomic_path
+from ..detector import Detector
 from ..errors import CaffeishError
 from . import register_command
 from .classify import _ints, read_mean_array
@@ -74,7 +76,6 @@ def read_windows(path):
 
 
 def _write(path, windows, predictions):
-    from ..atomic import atomic_path
     try:
         if path.lower().endswith(".npy"):
             with atomic_path(path, suffix=".npy") as tmp:
@@ -116,7 +117,6 @@ def _write(path, windows, predictions):
 def detect(input_file, output_file, model, weights, crop_mode, root, mean_file, mean_value, input_scale, raw_scale,
            channel_swap, context_pad, gpu):
     """Score the windows listed in INPUT with a deploy net; write the scores to OUTPUT (.csv or .npy)."""
-    from ..detector import Detector
     if not output_file.lower().endswith((".csv", ".npy")):
         raise CaffeishError(f"OUTPUT must be a .csv or .npy file, not '{output_file}'")
     if mean_file and mean_value:

@@ -21,28 +21,13 @@ from PIL import Image
 from .. import io as cio
 from ..atomic import atomic_path
 from ..errors import CaffeishError
+from ..imgproc import resize_linear
+from ..io import IMAGE_EXTENSIONS
 from . import register_command
 
 log = logging.getLogger("caffeish")
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".webp", ".gif")
 LOG_EVERY = 1000
-
-
-def _resize_linear():
-    """OpenCV-style bilinear resizing, ``(img_hwc_uint8, height, width) -> img``: caffeish.imgproc's where the
-    package has it, else PIL's bilinear filter."""
-    try:
-        from ..imgproc import resize_linear
-        return resize_linear
-    except ImportError:
-        def resize_linear(img, height, width):
-            planes = img if img.ndim == 3 else img[:, :, numpy.newaxis]
-            mode = "RGB" if planes.shape[2] == 3 else "L"
-            out = Image.fromarray(planes if mode == "RGB" else planes[:, :, 0], mode).resize((width, height),
-                                                                                             Image.BILINEAR)
-            return numpy.asarray(out, dtype=numpy.uint8).reshape(height, width, *img.shape[2:])
-        return resize_linear
 
 
 def resized_shape(height, width, side):
@@ -57,7 +42,7 @@ def resize_and_crop(img, side):
     height, width = img.shape[:2]
     new_height, new_width = resized_shape(height, width, side)
     if (new_height, new_width) != (height, width):
-        img = _resize_linear()(img, new_height, new_width)
+        img = resize_linear(img, new_height, new_width)
     top, left = (new_height - side) // 2, (new_width - side) // 2
     return numpy.ascontiguousarray(img[top:top + side, left:left + side])
 
