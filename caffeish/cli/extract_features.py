@@ -34,8 +34,8 @@ from ..data.db import COMMIT_EVERY, atomic_db_path, check_target
 from ..data.hdf5_backend import HDF5Writer
 from ..data.lmdb_backend import LMDB
 from ..errors import CaffeishError
+from ..io import array_to_datum
 from ..net import TEST, Net
-from ..proto import caffe_pb2
 from ..weights import load_weights
 from . import register_command
 from .common import gpu_option, select_device
@@ -132,9 +132,7 @@ class _FeatureDB:
             self.shape = shape
         for row in rows:
             if self.backend == "lmdb":
-                datum = caffe_pb2.Datum(channels=shape[0], height=shape[1], width=shape[2])
-                datum.float_data.extend(row.tolist())
-                self.txn.put(b"%010d" % self.count, datum.SerializeToString())
+                self.txn.put(b"%010d" % self.count, array_to_datum(row.reshape(shape)).SerializeToString())
             else:
                 self.db.put_array(row.reshape(shape), 0)
             self.count += 1
