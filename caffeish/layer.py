@@ -1,7 +1,10 @@
 """The Layer base class: Caffe's contract, in Python.
 
 A layer overrides only ``layer_setup`` (once), ``reshape`` (shapes of tops and
-internal buffers), ``forward`` and ``backward``.  ``setup`` -- the base class's
+internal buffers), ``forward`` and ``backward``: one code path for numpy and CuPy
+(``xp = get_array_module(x)``), or, where a device has a kernel of its own,
+``forward_cpu`` / ``forward_gpu`` (and ``backward_*``), which the base class's
+``forward`` / ``backward`` pick by the arrays' type (Chainer's FunctionNode).  ``setup`` -- the base class's
 -- checks the declared bottom/top counts, calls those two, and sets the loss
 weights.  ``backward(top, propagate_down, bottom)`` overwrites ``bottom[i].diff``
 where ``propagate_down[i]`` (fan-out has been made explicit by Split layers) and
@@ -13,6 +16,7 @@ cache the arrays: weight sharing swaps the buffers after setup.
 """
 import numpy
 
+from .backend import get_array_module
 from .blob import Blob
 from .errors import CaffeishError
 from .registry import Registry
@@ -73,10 +77,30 @@ class Layer:
         raise NotImplementedError(f"{type(self).__name__}.reshape")
 
     def forward(self, bottom, top):
-        raise NotImplementedError(f"{type(self).__name__}.forward")
+        """Compute the tops: ``forward_gpu`` on CuPy arrays, ``forward_cpu`` on numpy arrays."""
+        if _on_gpu(bottom, top):
+            return self.forward_gpu(bottom, top)
+        return self.forward_cpu(bottom, top)
 
     def backward(self, top, propagate_down, bottom):
-        raise NotImplementedError(f"{type(self).__name__}.backward")
+        """Set bottom diffs, add to parameter diffs: ``backward_gpu`` on CuPy arrays, else ``backward_cpu``."""
+        if _on_gpu(top, bottom):
+            return self.backward_gpu(top, propagate_down, bottom)
+        return self.backward_cpu(top, propagate_down, bottom)
+
+    # -- per device, for layers whose GPU kernel differs from the numpy code ---------
+    def forward_cpu(self, bottom, top):
+        raise NotImplementedError(f"{type(self).__name__} overrides neither forward nor forward_cpu")
+
+    def forward_gpu(self, bottom, top):
+        """The CPU code on CuPy arrays (through ``xp``), as Caffe's Forward_gpu falls back to Forward_cpu."""
+        return self.forward_cpu(bottom, top)
+
+    def backward_cpu(self, top, propagate_down, bottom):
+        raise NotImplementedError(f"{type(self).__name__} overrides neither backward nor backward_cpu")
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        return self.backward_cpu(top, propagate_down, bottom)
 
     #: False for layers whose backward does nothing (data layers, Accuracy, ...).
     has_backward = True
@@ -164,6 +188,14 @@ class Layer:
 
     def __repr__(self):
         return f"<{self.type} layer '{self.name}'>"
+
+
+def _on_gpu(*blob_lists):
+    """Whether the first blob of the first non-empty list holds a CuPy array."""
+    for blobs in blob_lists:
+        if blobs:
+            return get_array_module(blobs[0].data) is not numpy
+    return False
 
 
 class NeuronLayer(Layer):

@@ -86,18 +86,18 @@ class SoftmaxWithLossLayer(LossLayer):
     def _prob(self, bottom):
         return self.prob.reshape(self.outer_num, self.num_classes, self.inner_num)
 
-    def forward(self, bottom, top):
+    def _softmax(self, bottom):
         x = bottom[0].data
         xp = get_array_module(x)
         prob = getattr(self, "prob", None)
         if prob is None or prob.shape != x.shape or prob.dtype != x.dtype or get_array_module(prob) is not xp:
             self.prob = xp.empty_like(x)  # kept for backward; allocated once per shape
         softmax(x, self.axis, self.prob)
-        prob = self._prob(bottom)
-        self.cuda = xp is not numpy and cuda_kernels.usable(prob, bottom[1].data)
-        if self.cuda:
-            self._forward_cuda(bottom, top, prob)
-            return
+        return self._prob(bottom)
+
+    def forward_cpu(self, bottom, top):
+        prob = self._softmax(bottom)
+        xp = get_array_module(prob)
         _, valid, safe = read_labels(bottom[1], self.outer_num, self.inner_num, self.num_classes,
                                      self.ignore_label, self.type)
         picked = xp.take_along_axis(prob, safe[:, None, :], axis=1)[:, 0, :]
@@ -110,8 +110,11 @@ class SoftmaxWithLossLayer(LossLayer):
         if len(top) > 1:
             top[1].data[...] = self.prob
 
-    def _forward_cuda(self, bottom, top, prob):
+    def forward_gpu(self, bottom, top):
         """The per-position losses and counts in one kernel (``caffeish.cuda.softmax_loss``), then two sums."""
+        if not cuda_kernels.usable(bottom[0].data, bottom[1].data):
+            return self.forward_cpu(bottom, top)
+        prob = self._softmax(bottom)
         xp = get_array_module(prob)
         n = self.outer_num * self.inner_num
         losses, counts = xp.empty(n, dtype=prob.dtype), xp.empty(n, dtype=prob.dtype)
@@ -126,19 +129,28 @@ class SoftmaxWithLossLayer(LossLayer):
         if len(top) > 1:
             top[1].data[...] = self.prob
 
-    def backward(self, top, propagate_down, bottom):
+    def _check_propagate_down(self, propagate_down):
         if len(propagate_down) > 1 and propagate_down[1]:
             raise CaffeishError(f"{self.type} layer cannot backpropagate to label inputs")
-        if not propagate_down[0]:
+        return propagate_down[0]
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        prob = self._prob(bottom)
+        if not cuda_kernels.usable(prob, bottom[1].data, bottom[0].diff):  # exactly when forward_gpu took them
+            return self.backward_cpu(top, propagate_down, bottom)
+        if not self._check_propagate_down(propagate_down):
+            return
+        xp = get_array_module(prob)
+        norm = normalizer(self.normalization, self.outer_num, self.inner_num, self.count)
+        scale = (top[0].diff / xp.asarray(norm, dtype=self.dtype)).astype(prob.dtype).reshape(1)
+        cuda_softmax_loss.backward(prob, bottom[1].data.reshape(-1), self.num_classes, self.inner_num,
+                                   self.ignore_label, scale, bottom[0].diff.reshape(prob.shape))
+
+    def backward_cpu(self, top, propagate_down, bottom):
+        if not self._check_propagate_down(propagate_down):
             return
         prob = self._prob(bottom)
         xp = get_array_module(prob)
-        if getattr(self, "cuda", False) and cuda_kernels.usable(prob, bottom[0].diff):
-            norm = normalizer(self.normalization, self.outer_num, self.inner_num, self.count)
-            scale = (top[0].diff / xp.asarray(norm, dtype=self.dtype)).astype(prob.dtype).reshape(1)
-            cuda_softmax_loss.backward(prob, bottom[1].data.reshape(-1), self.num_classes, self.inner_num,
-                                       self.ignore_label, scale, bottom[0].diff.reshape(prob.shape))
-            return
         # dx = (prob - onehot(label)) * valid * loss_weight / normalizer, built in the diff itself.
         grad = bottom[0].diff.reshape(prob.shape)
         grad[...] = prob

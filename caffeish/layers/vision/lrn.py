@@ -12,8 +12,6 @@ WITHIN_CHANNEL (Caffe builds it from Split, Power, AVE Pooling, Power, Eltwise P
 Across channels the window sum adds shifted channel slices (no padded copy; a difference of cumulative
 sums for very large windows); ``scale`` and ``scale^-beta`` are kept from forward for backward.
 """
-import numpy
-
 from ...backend import get_array_module
 from ...cuda import kernels as cuda_kernels
 from ...cuda import lrn as cuda_lrn
@@ -126,23 +124,22 @@ class LRNLayer(Layer):
         out[...] = 1.0 + (self.alpha / (self.size * self.size)) * _window_sum(x * x, self.size, (2, 3))
         return out
 
-    def forward(self, bottom, top):
+    def _keep_input(self, bottom, top):
+        """In place the input is overwritten: keep a copy for backward (Caffe would read the overwritten data)."""
         x = bottom[0].data
-        xp = get_array_module(x)
-        # In place the input is overwritten: keep a copy for backward (Caffe would read the overwritten data).
         if self._in_place(bottom, top):
             if self.saved_input is None or self.saved_input.shape != x.shape:
-                self.saved_input = xp.empty_like(x)
+                self.saved_input = get_array_module(x).empty_like(x)
             self.saved_input[...] = x
         else:
             self.saved_input = None
+
+    def forward_cpu(self, bottom, top):
+        x = bottom[0].data
+        xp = get_array_module(x)
+        self._keep_input(bottom, top)
         scale, powered = self._buffers(xp, x.shape)
         y = top[0].data
-        if self._cuda(xp, x, y, scale):
-            # the input is read before its element is written, so in place needs no copy here
-            cuda_lrn.forward(x, y, scale, powered, self.size, self.alpha, self.beta, self.k)
-            self.scale = scale
-            return
         self.scale = self._scale(x, scale)
 
         def images(lo, hi):
@@ -150,30 +147,47 @@ class LRNLayer(Layer):
             xp.multiply(x[lo:hi], powered[lo:hi], out=y[lo:hi])
         parallel_for(x.shape[0], images, x.size * 4, xp)
 
-    def _cuda(self, xp, *arrays):
-        """Whether the CUDA kernels (``caffeish.cuda.lrn``) take this call: ACROSS_CHANNELS on CuPy arrays."""
-        return xp is not numpy and self.region == LP.ACROSS_CHANNELS and cuda_kernels.usable(*arrays)
+    def forward_gpu(self, bottom, top):
+        """ACROSS_CHANNELS by the CUDA kernels (``caffeish.cuda.lrn``); otherwise the numpy code on CuPy arrays."""
+        x, y = bottom[0].data, top[0].data
+        scale, powered = self._buffers(get_array_module(x), x.shape)
+        if not self._kernels_apply(x, y, scale):
+            return self.forward_cpu(bottom, top)
+        self._keep_input(bottom, top)
+        # the kernel reads an input element before it writes it, so in place needs no copy for forward itself
+        cuda_lrn.forward(x, y, scale, powered, self.size, self.alpha, self.beta, self.k)
+        self.scale = scale
 
-    def backward(self, top, propagate_down, bottom):
-        if not propagate_down[0]:
-            return
+    def _kernels_apply(self, *arrays):
+        return self.region == LP.ACROSS_CHANNELS and cuda_kernels.usable(*arrays)
+
+    def _input_and_kept(self, bottom, top, fill_scale):
+        """The forward input and (scale, scale^-beta) for backward, recomputed if forward did not keep them."""
         x = self.saved_input if self._in_place(bottom, top) and self.saved_input is not None else bottom[0].data
         xp = get_array_module(x)
-        dy = top[0].diff
-        scale = self.scale
         kept = getattr(self, "_kept", None)
-        if scale is None or scale.shape != x.shape or kept is None:
+        if self.scale is None or self.scale.shape != x.shape or kept is None:
             scale, powered = self._buffers(xp, x.shape)
-            if self._cuda(xp, x, scale):
-                cuda_lrn.fill_scale(x, scale, self.size, self.alpha, self.k)
-            else:
-                self._scale(x, scale)
+            fill_scale(x, scale)
             xp.power(scale, -self.beta, out=powered)
-        else:
-            powered = kept[1]
-        if self._cuda(xp, x, dy, bottom[0].diff, scale, powered):
-            cuda_lrn.backward(x, scale, powered, dy, bottom[0].diff, self.size, self.alpha, self.beta)
+            return x, scale, powered
+        return x, self.scale, kept[1]
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        x = bottom[0].data
+        scale, powered = self._buffers(get_array_module(x), x.shape)
+        if not (propagate_down[0] and self._kernels_apply(x, top[0].diff, bottom[0].diff, scale, powered)):
+            return self.backward_cpu(top, propagate_down, bottom)
+        x, scale, powered = self._input_and_kept(
+            bottom, top, lambda x, scale: cuda_lrn.fill_scale(x, scale, self.size, self.alpha, self.k))
+        cuda_lrn.backward(x, scale, powered, top[0].diff, bottom[0].diff, self.size, self.alpha, self.beta)
+
+    def backward_cpu(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
             return
+        x, scale, powered = self._input_and_kept(bottom, top, self._scale)
+        xp = get_array_module(x)
+        dy = top[0].diff
         # y = x s^-b  =>  dx = dy s^-b - 2 a b / N x * window_sum(dy x s^(-b-1)), the window being
         # symmetric so that its transpose is itself; N = n (across) or n^2 (within).
         direct = workspace(xp, x.dtype, "lrn.direct", x.size).reshape(x.shape)
