@@ -1,29 +1,6 @@
-"""Threads on the CPU: numpy's element-wise work split across them, and the batch split image by image.
-
-Element-wise work.  ``parallel_for`` cuts a range into one contiguous part per thread (``num_threads``, as
-many as the BLAS uses) and runs them on a shared pool, the caller running one; numpy releases the GIL inside
-its loops, so the parts run in parallel.  ``parallel_copy`` is a copy split that way.
-
-Image-parallel work: the batch split across threads, each with a single-threaded BLAS.
-
-One multi-threaded GEMM over a whole batch's columns streams them through memory: for CIFAR-10's
-second convolution (100 images of 32 x 16 x 16, 5x5 kernel) the columns are 82 MB, written by im2col
-and read back by the GEMM from DRAM, and a GEMM with 32 output rows splits poorly over threads.
-Caffe's CPU path (and oneDNN's) works image by image instead.  Here each thread takes its own share
-of the images and, a few at a time, builds their columns in its own work buffer -- small enough to
-stay in the core's L2 cache (``CHUNK_BYTES``) -- and multiplies them with a single-threaded GEMM; the
-BLAS's own threads are set to one meanwhile (``threadpoolctl``) so that the threads do not fight.
-
-Used where it pays (the layers decide): numpy arrays, more than one image, threadpoolctl importable.
-
-Idle BLAS threads.  After each call OpenBLAS's worker threads spin for 2^28 cycles (about 0.1 s)
-before they sleep: in a training iteration that is always, so on two cores every element-wise
-pass split across our threads (``parallel_for``), and every chunk of the threads
-above, ran beside a spinning thread and took up to 1.5x as long (CIFAR-10 quick: 162 ms per
-forward+backward against 120 ms).  ``OPENBLAS_THREAD_TIMEOUT`` (log2 of the cycles) sets that
-spin: ``caffeish/__init__.py`` sets 12 (a few microseconds) unless the user set it, which takes
-effect when numpy is imported after caffeish; ``quiet_idle_blas_threads`` applies the setting once
-to an OpenBLAS that was loaded before (it re-reads the environment and restarts the threads).
+"""Threads on the CPU: numpy's element-wise work split across a shared pool (``parallel_for``), the batch
+split image by image, each thread with a single-threaded BLAS (``for_image_chunks``), and OpenBLAS's idle
+worker threads kept from spinning beside ours (``quiet_idle_blas_threads``).
 """
 import os
 import threading
@@ -66,6 +43,8 @@ def set_num_threads(count):
 def parallel_for(total, fn, elements=None, xp=numpy):
     """Run ``fn(lo, hi)`` over ``[0, total)`` cut into one contiguous part per thread; the caller runs one.
 
+    The parts run on a shared pool of ``num_threads()`` threads (as many as the BLAS uses); numpy releases
+    the GIL inside its loops, so they run in parallel.  ``parallel_copy`` is a copy split this way.
     ``elements`` is the amount of work (array elements touched) deciding whether a split pays; ``xp`` the
     array module (CuPy's work is queued on the device: it runs in one call).  The parts must write disjoint
     memory.  ``fn`` must not ask for ``workspace`` buffers (they are per thread) nor call ``parallel_for``
@@ -139,7 +118,16 @@ def _controllers():
 
 def quiet_idle_blas_threads():
     """Give an OpenBLAS loaded before caffeish the ``OPENBLAS_THREAD_TIMEOUT`` now in the environment
-    (once per process)."""
+    (once per process).
+
+    After each call OpenBLAS's worker threads spin for 2^28 cycles (about 0.1 s) before they sleep: in a
+    training iteration that is always, so every element-wise pass split across our threads
+    (``parallel_for``), and every chunk of ``for_image_chunks``, ran beside a spinning thread and took longer
+    (see bench/README.md, Tuning history).  ``OPENBLAS_THREAD_TIMEOUT`` (log2 of the cycles) sets that spin:
+    ``caffeish/__init__.py`` sets 12 (a few microseconds) unless the user set it, which takes effect when
+    numpy is imported after caffeish; this applies the setting once to an OpenBLAS that was loaded before
+    (it re-reads the environment and restarts the threads).
+    """
     if _blas["quieted"]:
         return
     _blas["quieted"] = True
@@ -191,6 +179,16 @@ def num_parts(num, step):
 
 def for_image_chunks(num, step, fn):
     """Call ``fn(start, stop, part)`` for chunks of ``step`` images covering ``[0, num)``.
+
+    Image-parallel work: one multi-threaded GEMM over a whole batch's columns streams them through memory
+    (for CIFAR-10's second convolution, 100 images of 32 x 16 x 16 with a 5x5 kernel, the columns are
+    82 MB, written by im2col and read back by the GEMM from DRAM), and a GEMM with 32 output rows splits
+    poorly over threads.  Caffe's CPU path (and oneDNN's) works image by image instead.  Here each thread
+    takes its own share of the images and, a few at a time, builds their columns in its own work buffer --
+    small enough to stay in the core's L2 cache (``CHUNK_BYTES``, ``images_per_chunk``) -- and multiplies
+    them with a single-threaded GEMM; the BLAS's own threads are set to one meanwhile (``threadpoolctl``)
+    so that the threads do not fight.  Used where it pays (the layers decide, through ``available``):
+    numpy arrays, more than one image, threadpoolctl importable.
 
     The chunks are dealt out in contiguous runs, one run per thread (the caller runs one); ``part`` is
     the run's index in ``[0, parts)``, so that a thread can keep private accumulators.  Returns

@@ -1,14 +1,9 @@
-"""Optional compiled kernels, built from C source on first use with the system's C compiler.
+"""Optional compiled C kernels (``conv.c``: direct convolution for unit strides, see its header), built from
+source on first use with the system's C compiler and cached; ``library()`` loads them, ``status()`` says
+what happened.
 
 numpy stays the reference: every native kernel has a numpy path it must agree with (tests compare
-them), and without a compiler -- or with ``CAFFEISH_NATIVE=0`` -- the numpy paths run.  What is
-here and why: ``conv.c`` (direct convolution for unit strides; see its header).
-
-Build: ``$CC`` (else ``cc``, ``gcc``, ``clang``) with ``-O3 -march=native``, into a per-user cache
-(``$CAFFEISH_CACHE_DIR``, else ``$XDG_CACHE_HOME/caffeish``, else ``~/.cache/caffeish``) under a name
-that hashes the sources, the compiler's version, the flags and this CPU's model and feature flags,
-so a changed source, compiler or machine builds afresh; written to a temporary name and renamed, so
-concurrent first uses never load a half-written library.  ``status()`` says what happened.
+them), and without a compiler -- or with ``CAFFEISH_NATIVE=0`` -- the numpy paths run.
 """
 import ctypes
 import hashlib
@@ -89,6 +84,14 @@ def _cpu_signature():
 
 
 def _load():
+    """Build (if need be) and load the library; None, with the reason in ``_state["status"]``, if it cannot.
+
+    Build: ``$CC`` (else ``cc``, ``gcc``, ``clang``) with ``-O3 -march=native``, into a per-user cache
+    (``$CAFFEISH_CACHE_DIR``, else ``$XDG_CACHE_HOME/caffeish``, else ``~/.cache/caffeish``) under a name
+    that hashes the sources, the compiler's version, the flags and this CPU's model and feature flags,
+    so a changed source, compiler or machine builds afresh; written to a temporary name and renamed, so
+    concurrent first uses never load a half-written library.
+    """
     cc = _compiler()
     if cc is None:
         _state["status"] = "no C compiler found ($CC, cc, gcc, clang): numpy paths"

@@ -59,8 +59,8 @@ def backward_weights(x, dy, dw, group, kernel, pad, dilation, out_shape, images_
         _check(a, x.dtype, name)
     g = geometry(x.shape, dw.shape[0], group, kernel, pad, dilation, out_shape)
     if images_per_block is None:
-        # the kernel sums a block of images before reducing its vector accumulators: larger blocks
-        # spread that cost (CIFAR-10's 8x8 layer: 42 GFLOP/s with one image, 92 with 16), within a budget
+        # the kernel sums a block of images (up to 16, within BLOCK_BYTES) before reducing its vector
+        # accumulators: larger blocks spread that cost (see bench/README.md, Tuning history)
         per_image = (x[0].size * 2 + dy[0].size * 2) * x.itemsize
         images_per_block = max(1, min(16, BLOCK_BYTES // max(1, per_image)))
     fn = getattr(library(), "caffeish_conv_backward_weights_" + _SUFFIX[x.dtype])
