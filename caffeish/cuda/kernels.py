@@ -1,16 +1,6 @@
-"""Compiling and launching the hand-written CUDA kernels: sources, a per-device cache, launch sizes.
-
-Every kernel family registers its CUDA C source with ``register_source(name)``: a function of the
-element dtype returning the source text, in which ``T`` is the element type (``typedef``'d in a
-common prelude) -- so each kernel exists for float32 and float64 (the gradient checks run in
-float64).  ``SOURCES`` maps each name to that function, so a test can compile them all with NVRTC
-without a GPU.  ``function(name, dtype, kernel)`` compiles a source once per (device, name, dtype)
-with ``cupy.RawModule`` and returns the kernel; ``launch`` runs it over ``n`` elements with a
-grid-stride loop.
-
-Indices are 32-bit ``int`` (64-bit division is several times slower on the GPU): ``fits_int32``
-tells callers whether an array is small enough, and the layers keep the generic path otherwise.
-Nothing here imports CuPy at import time: the package works without a CUDA driver.
+"""Compiling and launching the hand-written CUDA kernels: each family's registered CUDA C source, compiled
+once per (device, name, dtype) with ``cupy.RawModule`` (``function``) and run over ``n`` elements with a
+grid-stride loop (``launch``).  Nothing here imports CuPy at import time: the package works without a CUDA driver.
 """
 import numpy
 
@@ -48,7 +38,13 @@ typedef {ctype} T;
 
 
 def register_source(name, options=()):
-    """Decorator: record ``fn(dtype) -> source`` under ``name`` (with extra NVRTC ``options``)."""
+    """Decorator: record ``fn(dtype) -> source`` under ``name`` (with extra NVRTC ``options``).
+
+    Every kernel family registers its CUDA C source this way: a function of the element dtype returning the
+    source text, in which ``T`` is the element type (``typedef``'d in a common prelude) -- so each kernel
+    exists for float32 and float64 (the gradient checks run in float64).  ``SOURCES`` maps each name to that
+    function, so a test can compile them all with NVRTC without a GPU.
+    """
     def deco(fn):
         if name in SOURCES:
             raise CaffeishError(f"CUDA source {name!r} is registered twice")
@@ -107,7 +103,10 @@ def launch(name, dtype, kernel, n, args, block=BLOCK):
 
 
 def fits_int32(*arrays):
-    """Whether every array's element count fits the kernels' 32-bit indices (``MAX_ELEMENTS``)."""
+    """Whether every array's element count fits the kernels' 32-bit indices (``MAX_ELEMENTS``).
+
+    Indices are 32-bit ``int`` (64-bit division is several times slower on the GPU); the layers keep the
+    generic path for arrays too large for them."""
     return all(a.size <= MAX_ELEMENTS for a in arrays)
 
 

@@ -1,16 +1,5 @@
-"""LRN across channels on the GPU: Caffe's LRNFillScale, LRNComputeOutput and LRNComputeDiff kernels.
-
-x, y, scale, powered, dy, dx: (N, C, H, W), contiguous; n = local_size (odd), half = (n - 1) / 2.
-
-    scale[c]   = k + alpha / n * sum_{|c' - c| <= half} x[c']^2      (channels past either end are 0)
-    powered    = scale^-beta;   y = x * powered
-    dx[c]      = dy[c] powered[c] - 2 alpha beta / n * x[c] * sum_{|c' - c| <= half} ratio[c']
-    ratio      = dy * x * powered / scale
-
-One thread per (n, h, w) column walks the channels with a running window sum (add the channel
-entering, subtract the one leaving), as Caffe does: C steps instead of C * n.  Caffe's diff kernel
-reads the top's data; here ``x * powered`` stands for it, because a later in-place layer may have
-changed the top since forward.
+"""LRN across channels on the GPU: Caffe's LRNFillScale, LRNComputeOutput and LRNComputeDiff kernels,
+run by ``forward`` and ``backward`` on CuPy arrays (x, y, scale, powered, dy, dx: (N, C, H, W), contiguous).
 """
 from ..backend import get_array_module
 from . import kernels
@@ -20,6 +9,11 @@ SOURCE = "lrn"
 
 @kernels.register_source(SOURCE)
 def _source(dtype):
+    """The kernels' CUDA C source.
+
+    One thread per (n, h, w) column walks the channels with a running window sum (add the channel
+    entering, subtract the one leaving), as Caffe does: C steps instead of C * n.
+    """
     return r"""
 extern "C" __global__ void lrn_fill_scale(
     const int n, const T* x, const int channels, const int plane, const int size,
@@ -115,7 +109,13 @@ def fill_scale(x, scale, size, alpha, k):
 
 
 def forward(x, y, scale, powered, size, alpha, beta, k):
-    """Fill ``scale`` and ``powered`` (= scale^-beta) and write y = x * powered; y may be x (in place)."""
+    """Fill ``scale`` and ``powered`` (= scale^-beta) and write y = x * powered; y may be x (in place).
+
+    x, y, scale, powered: (N, C, H, W), contiguous; n = local_size (odd), half = (n - 1) / 2.
+
+        scale[c]   = k + alpha / n * sum_{|c' - c| <= half} x[c']^2      (channels past either end are 0)
+        powered    = scale^-beta;   y = x * powered
+    """
     fill_scale(x, scale, size, alpha, k)
     kernels.launch(SOURCE, x.dtype, "lrn_output", x.size,
                    (x.size, kernels.contiguous(x), scale, kernels.scalar(x.dtype, -beta), powered, y))
@@ -123,7 +123,16 @@ def forward(x, y, scale, powered, size, alpha, beta, k):
 
 def backward(x, scale, powered, dy, dx, size, alpha, beta):
     """dx from dy, with ``scale`` and ``powered`` from forward.  ``dx`` may be ``dy`` (in place): each
-    column reads channels ahead of the one it writes, so aliased arrays are first copied."""
+    column reads channels ahead of the one it writes, so aliased arrays are first copied.
+
+    x, scale, powered, dy, dx: (N, C, H, W), contiguous; n = local_size (odd), half = (n - 1) / 2.
+
+        dx[c]      = dy[c] powered[c] - 2 alpha beta / n * x[c] * sum_{|c' - c| <= half} ratio[c']
+        ratio      = dy * x * powered / scale
+
+    Caffe's diff kernel reads the top's data; here ``x * powered`` stands for it, because a later in-place
+    layer may have changed the top since forward.
+    """
     if get_array_module(dx).may_share_memory(dx, dy):
         dy = dy.copy()
     n, c = x.shape[:2]

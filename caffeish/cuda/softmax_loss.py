@@ -1,14 +1,5 @@
-"""SoftmaxWithLoss on the GPU: Caffe's SoftmaxLossForwardGPU / SoftmaxLossBackwardGPU kernels.
-
-prob: (outer, C, inner) softmax probabilities; labels: outer * inner values (floats, truncated to
-integers as ``static_cast<int>`` does).  For each position (o, i) with label l:
-
-    forward:  loss[o, i] = -log(max(prob[o, l, i], FLT_MIN)),  count[o, i] = 1
-              an ignored label gives 0 and 0; a label outside [0, C) gives count 2 (the caller raises)
-    backward: dx[o, c, i] = (prob[o, c, i] - (c == l)) * scale   (0 for ignored positions)
-
-``scale`` (loss weight / normalizer) is read from a one-element device array, so that nothing
-waits for the GPU to finish between forward and backward.
+"""SoftmaxWithLoss on the GPU: Caffe's SoftmaxLossForwardGPU / SoftmaxLossBackwardGPU kernels, run by
+``forward`` (per-position losses and counts) and ``backward`` (the bottom's gradient) on CuPy arrays.
 """
 import numpy
 
@@ -64,7 +55,15 @@ extern "C" __global__ void softmax_loss_backward(
 
 
 def forward(prob, labels, classes, inner, ignore_label, loss, counts):
-    """Per-position ``loss`` and ``counts`` (outer * inner each) from ``prob`` (outer, C, inner)."""
+    """Per-position ``loss`` and ``counts`` (outer * inner each) from ``prob`` (outer, C, inner).
+
+    prob: (outer, C, inner) softmax probabilities; labels: outer * inner values (floats, truncated to
+    integers as ``static_cast<int>`` does).  For each position (o, i) with label l:
+
+        loss[o, i] = -log(max(prob[o, l, i], FLT_MIN)),  count[o, i] = 1
+
+    an ignored label gives 0 and 0; a label outside [0, C) gives count 2 (``BAD_LABEL``: the caller raises).
+    """
     n = loss.size
     kernels.launch(SOURCE, prob.dtype, "softmax_loss_forward", n,
                    (n, kernels.contiguous(prob), kernels.contiguous(labels), classes, inner,
@@ -72,7 +71,15 @@ def forward(prob, labels, classes, inner, ignore_label, loss, counts):
 
 
 def backward(prob, labels, classes, inner, ignore_label, scale, dx):
-    """dx (outer, C, inner), overwritten; ``scale`` a one-element device array (loss weight / normalizer)."""
+    """dx (outer, C, inner), overwritten; ``scale`` a one-element device array (loss weight / normalizer).
+
+    For each position (o, i) with label l (labels truncated to integers as in ``forward``):
+
+        dx[o, c, i] = (prob[o, c, i] - (c == l)) * scale   (0 for ignored positions)
+
+    ``scale`` is read from the device array, so that nothing waits for the GPU to finish between forward
+    and backward.
+    """
     kernels.launch(SOURCE, prob.dtype, "softmax_loss_backward", dx.size,
                    (dx.size, kernels.contiguous(prob), kernels.contiguous(labels), classes, inner,
                     ignore_label is not None, _ignore(ignore_label), kernels.contiguous(scale), dx))

@@ -1,17 +1,6 @@
-"""The whole per-parameter solver step on the GPU, one fused kernel per solver type.
-
-For each element, with g the gradient, w the weight, h / s the history (each solver type's step is
-written beside its CPU rule, in ``caffeish.solvers.sgd`` and ``caffeish.solvers.adaptive``):
-
-    g <- g * norm                    if iter_size > 1
-    g <- g + decay * w  (L2)  or  g + decay * sign(w)  (L1)      if decay != 0
-    g <- the solver type's update value (h, s updated)
-    w <- w - g                       (the diff keeps the update value, as on the CPU)
-
-Each step is the CPU's operation, in its order and in the element type (the hyper-parameters are
-rounded to it first, as numpy does with Python floats), and the module is compiled with
-``--fmad=false`` so that no multiply-add is contracted: the results equal the CPU's bit for bit.
-Arrays: flat and contiguous, one element per thread of a grid-stride loop.
+"""The whole per-parameter solver step on the GPU, one fused kernel per solver type: a common head and tail
+(normalize, regularize, apply) around each type's update step, registered beside its CPU rule
+(``update_kernel``) and run by ``apply``; the results equal the CPU's bit for bit.
 """
 from . import kernels
 
@@ -56,6 +45,11 @@ def update_kernel(name, params, body):
 
 @kernels.register_source(SOURCE, options=("--fmad=false",))
 def _source(dtype):
+    """Every registered update kernel, each wrapped in the common head and tail (``_COMMON``).
+
+    Compiled with ``--fmad=false`` so that no multiply-add is contracted: with each step the CPU's
+    operation in its order, the results equal the CPU's bit for bit.
+    """
     return _COMMON + "".join(f"SOLVER_KERNEL({name}, P({params}), {{{body}}})\n"
                              for name, (params, body) in UPDATES.items())
 
@@ -65,6 +59,17 @@ def apply(kernel, data, diff, histories, *, iter_size, decay, l1, scalars):
 
     data, diff, histories: flat contiguous CuPy arrays of one dtype; ``scalars``: the kernel's own scalar
     arguments as Python floats, each rounded to the element type here (as numpy rounds a Python float).
+    One element per thread of a grid-stride loop; for each element, with g the gradient, w the weight,
+    h / s the history (each solver type's step is written beside its CPU rule, in ``caffeish.solvers.sgd``
+    and ``caffeish.solvers.adaptive``):
+
+        g <- g * norm                    if iter_size > 1
+        g <- g + decay * w  (L2)  or  g + decay * sign(w)  (L1)      if decay != 0
+        g <- the solver type's update value (h, s updated)
+        w <- w - g                       (the diff keeps the update value, as on the CPU)
+
+    Each step is the CPU's operation, in its order and in the element type (the hyper-parameters are
+    rounded to it first, as numpy does with Python floats).
     """
     dtype = data.dtype
     t = lambda v: kernels.scalar(dtype, v)
