@@ -1,12 +1,5 @@
-"""Per-parameter adaptive rates (Caffe's AdaGrad, RMSProp, AdaDelta and Adam solvers).
-
-With ``g`` the regularized gradient, ``r`` the local rate, ``d`` = delta:
-
-    AdaGrad:   h <- h + g^2;                       update = r g / (sqrt(h) + d)
-    RMSProp:   h <- rms_decay h + (1 - rms_decay) g^2;  update = r g / (sqrt(h) + d)
-    AdaDelta:  h <- m h + (1 - m) g^2;  u = g sqrt((s + d) / (h + d));  s <- m s + (1 - m) u^2;  update = r u
-    Adam:      m1 <- b1 m1 + (1 - b1) g;  m2 <- b2 m2 + (1 - b2) g^2;
-               update = r sqrt(1 - b2^t) / (1 - b1^t) * m1 / (sqrt(m2) + d),  t = iter + 1
+"""Per-parameter adaptive rates (Caffe's AdaGrad, RMSProp, AdaDelta and Adam solvers): each class's update
+step in numpy, and beside it the same step in CUDA C (``cuda_kernel``) for the GPU's fused kernel.
 
 On the GPU each type's whole step (normalize, regularize, update, apply) is one fused CUDA kernel: its
 update step is written here in CUDA C beside the numpy one (``cuda_kernel``; the common head in
@@ -36,6 +29,10 @@ def _divide_by_rms(xp, g, h, tmp, delta, local_rate):
 
 @register_solver("AdaGrad")
 class AdaGradSolver(Solver):
+    """AdaGrad.  With ``g`` the regularized gradient, ``r`` the local rate, ``d`` = delta:
+
+        h <- h + g^2;  update = r g / (sqrt(h) + d)
+    """
     cuda_kernel = update_kernel("adagrad_update", "T* history, const T delta, const T rate", """
   const T h = history[i] + g * g;
   history[i] = h;
@@ -59,6 +56,10 @@ class AdaGradSolver(Solver):
 
 @register_solver("RMSProp")
 class RMSPropSolver(Solver):
+    """RMSProp.  With ``g`` the regularized gradient, ``r`` the local rate, ``d`` = delta:
+
+        h <- rms_decay h + (1 - rms_decay) g^2;  update = r g / (sqrt(h) + d)
+    """
     cuda_kernel = update_kernel("rmsprop_update", "T* history, const T decay_rate, const T one_minus_decay, "
                                 "const T delta, const T rate", """
   const T h = history[i] * decay_rate + g * g * one_minus_decay;
@@ -88,6 +89,10 @@ class RMSPropSolver(Solver):
 
 @register_solver("AdaDelta")
 class AdaDeltaSolver(Solver):
+    """AdaDelta.  With ``g`` the regularized gradient, ``r`` the local rate, ``d`` = delta, ``m`` the momentum:
+
+        h <- m h + (1 - m) g^2;  u = g sqrt((s + d) / (h + d));  s <- m s + (1 - m) u^2;  update = r u
+    """
     history_sets = 2
     cuda_kernel = update_kernel("adadelta_update", "T* history, T* history2, const T momentum, "
                                 "const T one_minus_momentum, const T delta, const T rate", """
@@ -125,6 +130,11 @@ class AdaDeltaSolver(Solver):
 
 @register_solver("Adam")
 class AdamSolver(Solver):
+    """Adam.  With ``g`` the regularized gradient, ``r`` the local rate, ``d`` = delta, b1 = momentum, b2 = momentum2:
+
+        m1 <- b1 m1 + (1 - b1) g;  m2 <- b2 m2 + (1 - b2) g^2;
+        update = r sqrt(1 - b2^t) / (1 - b1^t) * m1 / (sqrt(m2) + d),  t = iter + 1
+    """
     history_sets = 2
     cuda_kernel = update_kernel("adam_update", "T* history, T* history2, const T beta1, const T one_minus_beta1, "
                                 "const T beta2, const T one_minus_beta2, const T delta, const T rate", """

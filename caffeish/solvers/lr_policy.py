@@ -1,14 +1,5 @@
-"""Learning-rate policies (Caffe's SGDSolver::GetLearningRate).
-
-``it`` is the iteration (the number of updates done so far):
-
-    fixed      base_lr
-    step       base_lr * gamma ^ floor(it / stepsize)
-    exp        base_lr * gamma ^ it
-    inv        base_lr * (1 + gamma * it) ^ (-power)
-    multistep  base_lr * gamma ^ (number of stepvalues reached)
-    poly       base_lr * (1 - it / max_iter) ^ power
-    sigmoid    base_lr / (1 + exp(-gamma * (it - stepsize)))
+"""Learning-rate policies (Caffe's SGDSolver::GetLearningRate): ``learning_rate`` gives the rate for an
+iteration by the solver's ``lr_policy``, one function per policy registered in ``POLICIES``.
 """
 import logging
 import math
@@ -21,7 +12,18 @@ POLICIES = Registry("lr_policy")
 
 
 def learning_rate(param, it, solver):
-    """The rate for iteration ``it``; ``solver.current_step`` advances for multistep."""
+    """The rate for iteration ``it``; ``solver.current_step`` advances for multistep.
+
+    ``it`` is the iteration (the number of updates done so far):
+
+        fixed      base_lr
+        step       base_lr * gamma ^ floor(it / stepsize)
+        exp        base_lr * gamma ^ it
+        inv        base_lr * (1 + gamma * it) ^ (-power)
+        multistep  base_lr * gamma ^ (number of stepvalues reached)
+        poly       base_lr * (1 - it / max_iter) ^ power
+        sigmoid    base_lr / (1 + exp(-gamma * (it - stepsize)))
+    """
     policy = param.lr_policy
     if not policy:
         raise CaffeishError("the solver gives no lr_policy (Caffe needs one: fixed, step, exp, inv, multistep, "

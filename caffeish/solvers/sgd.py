@@ -1,19 +1,6 @@
-"""SGD with momentum and Nesterov's accelerated gradient (Caffe's SGDSolver, NesterovSolver).
-
-With ``r`` the local rate (rate * lr_mult), ``g`` the regularized gradient, ``m`` the momentum:
-
-    SGD:       v <- m v + r g;                 update = v
-    Nesterov:  v' <- m v + r g;                update = (1 + m) v' - m v
-
-The whole per-parameter sequence -- normalize (iter_size), regularize (L2/L1 with decay_mult), the
-momentum step, and applying the update (data -= update) -- is fused: it runs on slices of
-``FUSED_CHUNK`` elements of data, diff and history at a time, so that each slice is read from
-memory once and its intermediate results stay in the CPU's cache, instead of one full pass over
-memory per step; large parameters are split into one range per thread (``caffeish.cpu.parallel_for``).
-The operations and their order are those of the unfused sequence, so the results are the same to
-the last bit.  On the GPU one CUDA kernel does the whole sequence (each class's ``cuda_kernel``, its step
-in CUDA C beside the numpy one, with the common head in ``caffeish.cuda.solver_updates``: same operations,
-same results), or, for arrays it does not take, one slice (the whole parameter).
+"""SGD with momentum and Nesterov's accelerated gradient (Caffe's SGDSolver, NesterovSolver): each parameter's
+whole step -- normalize, regularize, momentum, apply -- fused over cache-sized slices on the CPU, and one CUDA
+kernel on the GPU, with the unfused sequence's results to the last bit.
 """
 import numpy
 
@@ -27,7 +14,18 @@ FUSED_CHUNK = 1 << 16
 
 
 class _FusedSolver(Solver):
-    """The shared slice loop; ``fused_step(xp, data, diff, history, tmp, local_rate)`` does one slice."""
+    """The shared slice loop; ``fused_step(xp, data, diff, history, tmp, local_rate)`` does one slice.
+
+    The whole per-parameter sequence -- normalize (iter_size), regularize (L2/L1 with decay_mult), the
+    momentum step, and applying the update (data -= update) -- is fused: it runs on slices of
+    ``FUSED_CHUNK`` elements of data, diff and history at a time, so that each slice is read from
+    memory once and its intermediate results stay in the CPU's cache, instead of one full pass over
+    memory per step; large parameters are split into one range per thread (``caffeish.cpu.parallel_for``).
+    The operations and their order are those of the unfused sequence, so the results are the same to
+    the last bit.  On the GPU one CUDA kernel does the whole sequence (each class's ``cuda_kernel``, its step
+    in CUDA C beside the numpy one, with the common head in ``caffeish.cuda.solver_updates``: same operations,
+    same results), or, for arrays it does not take, one slice (the whole parameter).
+    """
     scratch_slots = 1
 
     def update_param(self, i, rate):
@@ -79,6 +77,8 @@ class _FusedSolver(Solver):
 
 @register_solver("SGD")
 class SGDSolver(_FusedSolver):
+    """SGD with momentum.  With ``r`` the local rate (rate * lr_mult), ``g`` the regularized gradient, ``m``
+    the momentum:  v <- m v + r g;  update = v."""
     cuda_kernel = update_kernel("sgd_update", "T* history, const T momentum, const T rate", """
   const T v = history[i] * momentum + g * rate;
   history[i] = v;
@@ -97,6 +97,8 @@ class SGDSolver(_FusedSolver):
 
 @register_solver("Nesterov")
 class NesterovSolver(_FusedSolver):
+    """Nesterov's accelerated gradient.  With ``r`` the local rate (rate * lr_mult), ``g`` the regularized
+    gradient, ``m`` the momentum:  v' <- m v + r g;  update = (1 + m) v' - m v."""
     scratch_slots = 2
     cuda_kernel = update_kernel("nesterov_update", "T* history, const T momentum, const T one_plus_momentum, "
                                 "const T rate", """
