@@ -11,17 +11,28 @@ where ``propagate_down[i]`` (fan-out has been made explicit by Split layers) and
 accumulates (+=) into ``self.blobs[j].diff`` where ``param_propagate_down[j]``,
 which is what makes weight sharing and gradient accumulation work.
 
+A layer with parameters declares them in ``layer_setup`` with ``init_params`` (a list of
+``ParamBlob(name, shape, filler)``), which creates and fills them or checks the shapes of those it was given.
+
 Layers must read parameters through ``self.blobs[j].data`` on every call, never
 cache the arrays: weight sharing swaps the buffers after setup.
 """
+from collections import namedtuple
+
 import numpy
 
 from .backend import get_array_module
 from .blob import Blob
 from .errors import CaffeishError
+from .fillers import fill
 from .registry import Registry
 
 LAYERS = Registry("layer")
+
+#: One parameter blob a layer declares to ``Layer.init_params``: Caffe's name for it (``W_xc``, ``bias``...),
+#: its shape, and the FillerParameter that initialises it -- None for a blob that starts at zeros (as
+#: BatchNorm's statistics).  Not caffe_pb2.ParamSpec, the prototxt's ``param { lr_mult ... }`` of a blob.
+ParamBlob = namedtuple("ParamBlob", "name shape filler")
 
 
 def register_layer(type_name):
@@ -71,7 +82,7 @@ class Layer:
 
     # -- the four methods a layer overrides -------------------------------------
     def layer_setup(self, bottom, top):
-        """One-time setup: read ``self.param``, create ``self.blobs``."""
+        """One-time setup: read ``self.param``, create ``self.blobs`` (``init_params``)."""
 
     def reshape(self, bottom, top):
         raise NotImplementedError(f"{type(self).__name__}.reshape")
@@ -123,6 +134,44 @@ class Layer:
 
     def close(self):
         """Release background resources (prefetch threads, open files)."""
+
+    # -- the parameter blobs ---------------------------------------------------
+    def init_params(self, specs, context="", learned=True):
+        """Create the parameter blobs ``specs`` declares (ParamBlobs, in Caffe's order), or check those given.
+
+        A layer without blobs gets one per spec, named ``layer[j]``, of the layer's dtype, each filled in turn
+        (the fillers draw from the engine's generator in that order, so a seed gives the same weights).  Blobs
+        the layer already has (from the prototxt) must be as many as the specs, of the same shapes, else a
+        CaffeishError names the layer, the blob (index and Caffe name) and both shapes; ``context`` (as
+        ``"with num_output 4"``) follows the layer type there, saying what the shapes come from.  Sets
+        ``param_propagate_down`` to ``learned`` for every blob and returns ``self.blobs``.
+        """
+        specs = [ParamBlob(name, tuple(int(d) for d in shape), filler) for name, shape, filler in specs]
+        if self.blobs:
+            self._check_params(specs, context)
+        else:
+            blobs = []
+            for j, spec in enumerate(specs):
+                blob = Blob(spec.shape, dtype=self.dtype, name=f"{self.name}[{j}]")
+                if spec.filler is not None:
+                    fill(blob, spec.filler)
+                blobs.append(blob)
+            self.blobs = blobs
+        self.param_propagate_down = [bool(learned)] * len(self.blobs)
+        return self.blobs
+
+    def _check_params(self, specs, context):
+        what = f"{self.type} {context}" if context else self.type
+        given = [b.shape for b in self.blobs]
+        if len(given) != len(specs):
+            wanted = ", ".join(f"{s.name} {s.shape}" for s in specs)
+            raise CaffeishError(f"{what} needs {len(specs)} parameter blob{'' if len(specs) == 1 else 's'} "
+                                f"({wanted}), but the layer has {len(given)}, of shapes {given}",
+                                layer=self.name, layer_type=self.type)
+        for j, (spec, shape) in enumerate(zip(specs, given)):
+            if shape != spec.shape:
+                raise CaffeishError(f"{what} needs parameter blob {j} ({spec.name}) of shape {spec.shape}, but it "
+                                    f"has shape {shape}", layer=self.name, layer_type=self.type)
 
     # -- driven by Net --------------------------------------------------------
     def setup(self, bottom, top):

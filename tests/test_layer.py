@@ -1,0 +1,87 @@
+"""Layer.init_params: the parameter blobs a layer declares, created and filled or checked."""
+import numpy
+import pytest
+
+import caffeish
+from caffeish import Blob, CaffeishError, caffe_pb2
+from caffeish.fillers import fill
+from caffeish.layer import ParamBlob
+from helpers import make_layer
+
+GAUSS = caffe_pb2.FillerParameter(type="gaussian", std=0.5)
+UNIFORM = caffe_pb2.FillerParameter(type="uniform", min=-1, max=1)
+
+
+def ip(extra="", dtype=numpy.float64):
+    return make_layer(f'name: "fc" type: "InnerProduct" inner_product_param {{ num_output: 2 }} {extra}',
+                      dtype=dtype)
+
+
+def specs():
+    return [ParamBlob("weights", (2, 3), GAUSS), ParamBlob("stat", (4,), None), ParamBlob("bias", (2,), UNIFORM)]
+
+
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
+def test_init_params_creates_and_fills_in_order(dtype):
+    caffeish.set_random_seed(5)
+    expected = [Blob((2, 3), dtype=dtype), Blob((2,), dtype=dtype)]
+    fill(expected[0], GAUSS)
+    fill(expected[1], UNIFORM)
+
+    layer = ip(dtype=dtype)
+    caffeish.set_random_seed(5)
+    blobs = layer.init_params(specs())
+    assert blobs is layer.blobs
+    assert [b.name for b in blobs] == ["fc[0]", "fc[1]", "fc[2]"]
+    assert [b.shape for b in blobs] == [(2, 3), (4,), (2,)]
+    assert all(b.dtype == numpy.dtype(dtype) for b in blobs)
+    numpy.testing.assert_array_equal(blobs[0].data, expected[0].data)
+    assert not blobs[1].data.any()                  # no filler: zeros, and nothing drawn for it
+    numpy.testing.assert_array_equal(blobs[2].data, expected[1].data)
+    assert layer.param_propagate_down == [True, True, True]
+
+
+def test_init_params_unlearned_blobs_and_shapes_as_any_integers():
+    layer = ip()
+    layer.init_params([ParamBlob("mean", [numpy.int64(3)], None), ParamBlob("factor", (numpy.int32(1),), None)],
+                      learned=False)
+    assert [b.shape for b in layer.blobs] == [(3,), (1,)]
+    assert layer.param_propagate_down == [False, False]
+
+
+def test_init_params_keeps_given_blobs_of_the_declared_shapes():
+    layer = ip('blobs { shape { dim: 2 dim: 3 } data: [1, 2, 3, 4, 5, 6] } blobs { shape { dim: 4 } } '
+               'blobs { shape { dim: 2 } data: [7, 8] }')
+    given = list(layer.blobs)
+    caffeish.set_random_seed(5)
+    layer.init_params(specs())
+    assert layer.blobs == given                     # the same Blob objects, their values untouched
+    numpy.testing.assert_array_equal(layer.blobs[0].data, [[1, 2, 3], [4, 5, 6]])
+    numpy.testing.assert_array_equal(layer.blobs[2].data, [7, 8])
+    assert layer.param_propagate_down == [True, True, True]
+    draw = caffeish.backend.rng().uniform()         # the fillers drew nothing
+    caffeish.set_random_seed(5)
+    assert caffeish.backend.rng().uniform() == draw
+
+
+def test_init_params_count_error_names_the_declared_and_given_blobs():
+    layer = ip('blobs { shape { dim: 2 dim: 3 } }')
+    with pytest.raises(CaffeishError) as info:
+        layer.init_params(specs(), "with num_output 2")
+    assert str(info.value) == ("layer 'fc' (type InnerProduct): InnerProduct with num_output 2 needs 3 parameter "
+                               "blobs (weights (2, 3), stat (4,), bias (2,)), but the layer has 1, of shapes "
+                               "[(2, 3)]")
+    layer = ip('blobs { shape { dim: 2 dim: 3 } } blobs { shape { dim: 2 } }')
+    with pytest.raises(CaffeishError) as info:
+        layer.init_params(specs()[:1])
+    assert str(info.value) == ("layer 'fc' (type InnerProduct): InnerProduct needs 1 parameter blob "
+                               "(weights (2, 3)), but the layer has 2, of shapes [(2, 3), (2,)]")
+
+
+def test_init_params_shape_error_names_the_first_wrong_blob_and_both_shapes():
+    layer = ip('blobs { shape { dim: 2 dim: 3 } } blobs { shape { dim: 4 dim: 1 } } blobs { shape { dim: 3 } }')
+    with pytest.raises(CaffeishError) as info:
+        layer.init_params(specs(), "with num_output 2")
+    assert str(info.value) == ("layer 'fc' (type InnerProduct): InnerProduct with num_output 2 needs parameter "
+                               "blob 1 (stat) of shape (4,), but it has shape (4, 1)")
+    assert info.value.layer == "fc" and info.value.layer_type == "InnerProduct"
