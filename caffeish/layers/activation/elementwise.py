@@ -1,11 +1,7 @@
-"""Element-wise neuron layers: ELU, Swish, Clip, AbsVal, BNLL, Power, Exp, Log, Threshold.
+"""Element-wise neuron layers ELU, Swish, Clip, AbsVal, BNLL, Power, Exp, Log and Threshold (bottom, top: any
+shape, the same; all may run in place except AbsVal, which Caffe refuses).
 
-bottom, top: any shape, the same.  All may run in place except AbsVal, which
-Caffe refuses.  Where backward needs the input x and the layer runs in place
-(Clip, BNLL, Power, Log, ELU with alpha < 0), forward keeps a copy of x before
-overwriting it, as Caffe's PReLU does, so the gradient stays right (Caffe itself
-would read y there).  Parameters are float fields: their values are the float32
-roundings, as in Caffe.
+Parameters are float fields: their values are the float32 roundings, as in Caffe.
 """
 import math
 
@@ -18,7 +14,12 @@ BNLL_THRESHOLD = 50.0
 
 
 class _KeepsInput(NeuronLayer):
-    """A neuron layer whose backward reads x: running in place, forward saves a copy of it first."""
+    """A neuron layer whose backward reads x: running in place, forward saves a copy of it first.
+
+    Where backward needs the input x and the layer runs in place (Clip, BNLL, Power, Log, ELU with
+    alpha < 0), forward keeps a copy of x before overwriting it, as Caffe's PReLU does, so the gradient
+    stays right (Caffe itself would read y there).
+    """
     _saved_input = None
 
     def keeps_input(self):

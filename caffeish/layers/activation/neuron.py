@@ -1,7 +1,5 @@
-"""Element-wise neuron layers: Sigmoid, TanH, Dropout.   bottom, top: any shape (in place allowed).
-
-Backward reads only the top (data and diff) and, for Dropout, the mask kept
-from forward, so all three work in place.
+"""Element-wise neuron layers Sigmoid, TanH and Dropout.  Backward reads only the top (data and diff) and,
+for Dropout, the mask kept from forward, so all three work in place.
 """
 from ...backend import get_array_module, random_uniform
 from ...errors import CaffeishError
@@ -11,7 +9,9 @@ from ...proto import caffe_pb2
 
 @register_layer("Sigmoid")
 class SigmoidLayer(NeuronLayer):
-    """y = 1 / (1 + exp(-x)), computed as 0.5 * tanh(0.5 x) + 0.5 (stable, as Caffe does)."""
+    """y = 1 / (1 + exp(-x)), computed as 0.5 * tanh(0.5 x) + 0.5 (stable, as Caffe does).
+
+    bottom, top: any shape, the same (in place allowed)."""
 
     def forward(self, bottom, top):
         x = bottom[0].data
@@ -30,7 +30,7 @@ class SigmoidLayer(NeuronLayer):
 
 @register_layer("TanH")
 class TanHLayer(NeuronLayer):
-    """y = tanh(x)."""
+    """y = tanh(x).  bottom, top: any shape, the same (in place allowed)."""
 
     def forward(self, bottom, top):
         x = bottom[0].data
@@ -50,7 +50,9 @@ class TanHLayer(NeuronLayer):
 
 @register_layer("Dropout")
 class DropoutLayer(NeuronLayer):
-    """TRAIN: y = x * mask / (1 - ratio), mask = (uniform >= ratio); TEST: y = x."""
+    """TRAIN: y = x * mask / (1 - ratio), mask = (uniform >= ratio); TEST: y = x.
+
+    bottom, top: any shape, the same (in place allowed)."""
 
     def layer_setup(self, bottom, top):
         self.ratio = float(self.param.dropout_param.dropout_ratio)

@@ -1,8 +1,5 @@
-"""PReLU: y = max(x, 0) + a_c * min(x, 0), with a learned slope a_c per channel (axis 1), or one shared.
-
-bottom: at least 2 axes (N, C, ...); top: the same shape (in place allowed: forward then keeps a copy
-of the bottom for backward, as Caffe's bottom_memory_).  The slope blob has shape (C,), or () when
-``channel_shared``; it is filled by ``prelu_param.filler``, constant 0.25 when that is not given.
+"""The PReLU layer (Caffe's PReLULayer): a ReLU whose negative slope is learned, one per channel or one
+shared by all.
 """
 import math
 
@@ -16,7 +13,12 @@ from ...proto import caffe_pb2
 
 @register_layer("PReLU")
 class PReLULayer(NeuronLayer):
+    """PReLU: y = max(x, 0) + a_c * min(x, 0), with a learned slope a_c per channel (axis 1), or one shared.
 
+    bottom: at least 2 axes (N, C, ...); top: the same shape (in place allowed: forward then keeps a copy
+    of the bottom for backward, as Caffe's bottom_memory_).  The slope blob has shape (C,), or () when
+    ``channel_shared``; it is filled by ``prelu_param.filler``, constant 0.25 when that is not given.
+    """
     def layer_setup(self, bottom, top):
         p = self.param.prelu_param
         self._check_axes(bottom[0])

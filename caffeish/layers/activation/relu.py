@@ -1,4 +1,5 @@
-"""ReLU: y = max(0, x) + negative_slope * min(0, x).   bottom, top: any shape (in place allowed)."""
+"""The ReLU layer (Caffe's ReLULayer): rectified linear units, leaky with a ``negative_slope``, the work split
+across threads on the CPU."""
 import numpy
 
 from ...backend import get_array_module
@@ -8,6 +9,8 @@ from ...layer import NeuronLayer, register_layer
 
 @register_layer("ReLU")
 class ReLULayer(NeuronLayer):
+    """ReLU: y = max(0, x) + negative_slope * min(0, x).   bottom, top: any shape (in place allowed)."""
+
     def layer_setup(self, bottom, top):
         self.slope = float(self.param.relu_param.negative_slope)
 
