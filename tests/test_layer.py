@@ -6,7 +6,7 @@ import caffeish
 from caffeish import Blob, CaffeishError, caffe_pb2
 from caffeish.fillers import fill
 from caffeish.layer import ParamBlob
-from helpers import make_layer
+from helpers import blob, empty, make_layer
 
 GAUSS = caffe_pb2.FillerParameter(type="gaussian", std=0.5)
 UNIFORM = caffe_pb2.FillerParameter(type="uniform", min=-1, max=1)
@@ -85,3 +85,13 @@ def test_init_params_shape_error_names_the_first_wrong_blob_and_both_shapes():
     assert str(info.value) == ("layer 'fc' (type InnerProduct): InnerProduct with num_output 2 needs parameter "
                                "blob 1 (stat) of shape (4,), but it has shape (4, 1)")
     assert info.value.layer == "fc" and info.value.layer_type == "InnerProduct"
+
+
+# -- through real layers' setup and a net ------------------------------------------------------------------------
+
+def test_lstm_setup_names_caffes_blob_in_the_error():
+    layer = make_layer('name: "lstm" type: "LSTM" recurrent_param { num_output: 2 } '
+                       'blobs { shape { dim: 8 dim: 3 } } blobs { shape { dim: 8 } } blobs { shape { dim: 8 dim: 3 } }')
+    with pytest.raises(CaffeishError, match=r"LSTM with num_output 2, input size 3 needs parameter blob 2 \(W_hc\) "
+                                            r"of shape \(8, 2\), but it has shape \(8, 3\)"):
+        layer.setup([blob((4, 1, 3)), blob(numpy.ones((4, 1)))], empty())

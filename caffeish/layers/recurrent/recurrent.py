@@ -29,10 +29,8 @@ tops: c (1, N, H), h (1, N, H) -- one step of the formula above.
 import numpy
 
 from ...backend import get_array_module, to_cpu, to_current
-from ...blob import Blob
 from ...errors import CaffeishError
-from ...fillers import fill
-from ...layer import Layer, register_layer
+from ...layer import Layer, ParamBlob, register_layer
 
 
 def _sigmoid(xp, x):
@@ -83,7 +81,8 @@ class _RecurrentLayer(Layer):
     def allow_force_backward(self, bottom_index):
         return bottom_index != 1  # never into the sequence continuation indicators
 
-    def param_shapes(self):
+    def param_specs(self, weight_filler, bias_filler):
+        """The parameter blobs (ParamBlobs) in Caffe's order, for the sizes ``layer_setup`` found."""
         raise NotImplementedError
 
     def layer_setup(self, bottom, top):
@@ -95,24 +94,11 @@ class _RecurrentLayer(Layer):
         self._check_inputs(bottom)
         self.D = bottom[0].count_range(2)
         self.D_static = bottom[2].count_range(1) if self.static_input else 0
-        shapes = self.param_shapes()
+        specs = self.param_specs(p.weight_filler, p.bias_filler)
         #: Caffe's names of the parameter blobs, in order (W_xc, b_c, ...)
-        self.param_names = [name for name, _, _ in shapes]
-        if not self.blobs:
-            self.blobs = []
-            for j, (_, shape, is_bias) in enumerate(shapes):
-                blob = Blob(shape, dtype=self.dtype, name=f"{self.name}[{j}]")
-                fill(blob, p.bias_filler if is_bias else p.weight_filler)
-                self.blobs.append(blob)
-        else:
-            expected = [shape for _, shape, _ in shapes]
-            given = [b.shape for b in self.blobs]
-            if given != expected:
-                names = ", ".join(f"{n} {s}" for n, s, _ in shapes)
-                raise CaffeishError(f"{self.type} with num_output {self.num_output}, input size {self.D}"
-                                    + (f" and static input size {self.D_static}" if self.static_input else "")
-                                    + f" needs parameter blobs {names}, but the layer has shapes {given}")
-        self.param_propagate_down = [True] * len(self.blobs)
+        self.param_names = [spec.name for spec in specs]
+        self.init_params(specs, f"with num_output {self.num_output}, input size {self.D}"
+                         + (f" and static input size {self.D_static}" if self.static_input else ""))
 
     def _check_inputs(self, bottom):
         x, cont = bottom[0], bottom[1]
@@ -237,13 +223,13 @@ class _RecurrentLayer(Layer):
 class LSTMLayer(_RecurrentLayer):
     state_names = ("h", "c")
 
-    def param_shapes(self):
+    def param_specs(self, weight_filler, bias_filler):
         H = self.num_output
-        shapes = [("W_xc", (4 * H, self.D), False), ("b_c", (4 * H,), True)]
+        specs = [ParamBlob("W_xc", (4 * H, self.D), weight_filler), ParamBlob("b_c", (4 * H,), bias_filler)]
         if self.static_input:
-            shapes.append(("W_xc_static", (4 * H, self.D_static), False))
-        shapes.append(("W_hc", (4 * H, H), False))
-        return shapes
+            specs.append(ParamBlob("W_xc_static", (4 * H, self.D_static), weight_filler))
+        specs.append(ParamBlob("W_hc", (4 * H, H), weight_filler))
+        return specs
 
     def forward(self, bottom, top):
         pre = self._input_transform(bottom)
@@ -290,13 +276,14 @@ class LSTMLayer(_RecurrentLayer):
 class RNNLayer(_RecurrentLayer):
     state_names = ("h",)
 
-    def param_shapes(self):
+    def param_specs(self, weight_filler, bias_filler):
         H = self.num_output
-        shapes = [("W_xh", (H, self.D), False), ("b_h", (H,), True)]
+        specs = [ParamBlob("W_xh", (H, self.D), weight_filler), ParamBlob("b_h", (H,), bias_filler)]
         if self.static_input:
-            shapes.append(("W_xh_static", (H, self.D_static), False))
-        shapes += [("W_hh", (H, H), False), ("W_ho", (H, H), False), ("b_o", (H,), True)]
-        return shapes
+            specs.append(ParamBlob("W_xh_static", (H, self.D_static), weight_filler))
+        specs += [ParamBlob("W_hh", (H, H), weight_filler), ParamBlob("W_ho", (H, H), weight_filler),
+                  ParamBlob("b_o", (H,), bias_filler)]
+        return specs
 
     def forward(self, bottom, top):
         pre = self._input_transform(bottom)
