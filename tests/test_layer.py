@@ -3,9 +3,10 @@ import numpy
 import pytest
 
 import caffeish
-from caffeish import Blob, CaffeishError, caffe_pb2
+from caffeish import Blob, CaffeishError, Net, caffe_pb2
 from caffeish.fillers import fill
 from caffeish.layer import ParamBlob
+from caffeish.prototxt import parse_text
 from helpers import blob, empty, make_layer
 
 GAUSS = caffe_pb2.FillerParameter(type="gaussian", std=0.5)
@@ -89,9 +90,30 @@ def test_init_params_shape_error_names_the_first_wrong_blob_and_both_shapes():
 
 # -- through real layers' setup and a net ------------------------------------------------------------------------
 
+def test_inner_product_setup_checks_given_blobs():
+    layer = ip('inner_product_param { transpose: true } blobs { shape { dim: 2 dim: 3 } } blobs { shape { dim: 2 } }')
+    with pytest.raises(CaffeishError, match=r"InnerProduct with num_output 2, K 3, transpose true and bias_term "
+                                            r"true needs parameter blob 0 \(weights\) of shape \(3, 2\), but it has "
+                                            r"shape \(2, 3\)"):
+        layer.setup([blob((4, 3))], empty())
+
+
 def test_lstm_setup_names_caffes_blob_in_the_error():
     layer = make_layer('name: "lstm" type: "LSTM" recurrent_param { num_output: 2 } '
                        'blobs { shape { dim: 8 dim: 3 } } blobs { shape { dim: 8 } } blobs { shape { dim: 8 dim: 3 } }')
     with pytest.raises(CaffeishError, match=r"LSTM with num_output 2, input size 3 needs parameter blob 2 \(W_hc\) "
                                             r"of shape \(8, 2\), but it has shape \(8, 3\)"):
         layer.setup([blob((4, 1, 3)), blob(numpy.ones((4, 1)))], empty())
+
+
+def test_a_net_reports_the_error_once_attributed_to_the_layer():
+    text = """
+    layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 5 dim: 3 } } }
+    layer { name: "emb" type: "Embed" bottom: "x" top: "y"
+            embed_param { num_output: 2 input_dim: 3 } blobs { shape { dim: 3 dim: 2 } } }
+    """
+    with pytest.raises(CaffeishError) as info:
+        Net(parse_text(text, caffe_pb2.NetParameter()), caffeish.TEST)
+    assert str(info.value) == ("layer 'emb' (type Embed): Embed with input_dim 3, num_output 2 and bias_term true "
+                               "needs 2 parameter blobs (weights (3, 2), bias (2,)), but the layer has 1, of shapes "
+                               "[(3, 2)]")

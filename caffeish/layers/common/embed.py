@@ -5,10 +5,8 @@ num_output.  Weights are input_dim x num_output (InnerProduct's, transposed), th
 There is no gradient with respect to the indices: asking for one is an error, as in Caffe.
 """
 from ...backend import get_array_module
-from ...blob import Blob
 from ...errors import CaffeishError
-from ...fillers import fill
-from ...layer import Layer, register_layer
+from ...layer import Layer, ParamBlob, register_layer
 
 
 @register_layer("Embed")
@@ -24,18 +22,11 @@ class EmbedLayer(Layer):
             raise CaffeishError(f"embed_param.num_output must be positive, got {self.N}")
         if self.K <= 0:
             raise CaffeishError(f"embed_param.input_dim must be positive, got {self.K}")
-        expected = [(self.K, self.N)] + ([(self.N,)] if self.bias_term else [])
-        if not self.blobs:
-            self.blobs = [Blob(expected[0], dtype=self.dtype, name=f"{self.name}[0]")]
-            fill(self.blobs[0], p.weight_filler)
-            if self.bias_term:
-                self.blobs.append(Blob(expected[1], dtype=self.dtype, name=f"{self.name}[1]"))
-                fill(self.blobs[1], p.bias_filler)
-        elif [b.shape for b in self.blobs] != expected:
-            raise CaffeishError(
-                f"Embed with input_dim {self.K}, num_output {self.N} and bias_term {str(self.bias_term).lower()} "
-                f"needs parameter blobs of shapes {expected}, but the layer has {[b.shape for b in self.blobs]}")
-        self.param_propagate_down = [True] * len(self.blobs)
+        specs = [ParamBlob("weights", (self.K, self.N), p.weight_filler)]
+        if self.bias_term:
+            specs.append(ParamBlob("bias", (self.N,), p.bias_filler))
+        self.init_params(specs, f"with input_dim {self.K}, num_output {self.N} and bias_term "
+                                f"{str(self.bias_term).lower()}")
 
     def allow_force_backward(self, bottom_index):
         return False   # indices have no gradient

@@ -6,11 +6,9 @@ shape up to ``axis``, then num_output (N).  Weights are N x K, or K x N when
 ``transpose`` is set; the bias has N elements.
 """
 from ...backend import get_array_module
-from ...blob import Blob
 from ...errors import CaffeishError
-from ...fillers import fill
 from ...cpu import workspace
-from ...layer import Layer, register_layer
+from ...layer import Layer, ParamBlob, register_layer
 
 
 @register_layer("InnerProduct")
@@ -32,22 +30,11 @@ class InnerProductLayer(Layer):
         axis = bottom[0].canonical_axis(p.axis)
         self.K = bottom[0].count_range(axis)
         N, K = self.num_output, self.K
-        weight_shape = (K, N) if self.transpose else (N, K)
-        if not self.blobs:
-            self.blobs = [Blob(weight_shape, dtype=self.dtype, name=f"{self.name}[0]")]
-            fill(self.blobs[0], p.weight_filler)
-            if self.bias_term:
-                self.blobs.append(Blob((N,), dtype=self.dtype, name=f"{self.name}[1]"))
-                fill(self.blobs[1], p.bias_filler)
-        else:
-            expected = [weight_shape] + ([(N,)] if self.bias_term else [])
-            given = [b.shape for b in self.blobs]
-            if given != expected:
-                raise CaffeishError(
-                    f"InnerProduct with num_output {N}, K {K}, transpose {self.transpose} and "
-                    f"bias_term {self.bias_term} needs parameter blobs of shapes {expected}, but the "
-                    f"layer has {given}")
-        self.param_propagate_down = [True] * len(self.blobs)
+        specs = [ParamBlob("weights", (K, N) if self.transpose else (N, K), p.weight_filler)]
+        if self.bias_term:
+            specs.append(ParamBlob("bias", (N,), p.bias_filler))
+        self.init_params(specs, f"with num_output {N}, K {K}, transpose {str(self.transpose).lower()} and "
+                                f"bias_term {str(self.bias_term).lower()}")
 
     def reshape(self, bottom, top):
         axis = bottom[0].canonical_axis(self.param.inner_product_param.axis)

@@ -78,5 +78,10 @@ def test_embed_parameter_errors():
         make_layer('type: "Embed" embed_param { num_output: 3 }').setup([blob((2,))], empty())
     layer = make_layer('type: "Embed" embed_param { num_output: 2 input_dim: 3 bias_term: false } '
                        'blobs { shape { dim: 2 dim: 3 } }')
-    with pytest.raises(CaffeishError, match="shapes"):
+    with pytest.raises(CaffeishError, match=r"needs parameter blob 0 \(weights\) of shape \(3, 2\), but it has "
+                                            r"shape \(2, 3\)"):
+        layer.setup([blob((2,))], empty())
+    layer = make_layer('type: "Embed" embed_param { num_output: 2 input_dim: 3 } blobs { shape { dim: 3 dim: 2 } }')
+    with pytest.raises(CaffeishError, match=r"needs 2 parameter blobs \(weights \(3, 2\), bias \(2,\)\), but the "
+                                            r"layer has 1"):
         layer.setup([blob((2,))], empty())
