@@ -1,10 +1,5 @@
-"""ArgMax: the indices (or values) of the top_k largest entries.
-
-Without ``axis``, each example (axis 0) is flattened: top is (N, 1, top_k), or (N, 2, top_k) with
-``out_max_val`` (indices, then values), padded with 1s to bottom's number of axes (at least 3).
-With ``axis``, top is bottom's shape with that axis made top_k, holding indices, or values with
-``out_max_val``.  Ties are ordered as Caffe's partial_sort of (value, index) pairs with
-std::greater: equal values put the larger index first.  Indices are written as floats.  No backward.
+"""The ArgMax layer (Caffe's ArgMaxLayer): the indices, or values, of the top_k largest entries of each
+example or along one axis.
 """
 from ...backend import get_array_module
 from ...errors import CaffeishError
@@ -22,6 +17,14 @@ def top_k_indices(values, k):
 
 @register_layer("ArgMax")
 class ArgMaxLayer(Layer):
+    """ArgMax: the indices (or values) of the top_k largest entries.
+
+    Without ``axis``, each example (axis 0) is flattened: top is (N, 1, top_k), or (N, 2, top_k) with
+    ``out_max_val`` (indices, then values), padded with 1s to bottom's number of axes (at least 3).
+    With ``axis``, top is bottom's shape with that axis made top_k, holding indices, or values with
+    ``out_max_val``.  Ties are ordered as Caffe's partial_sort of (value, index) pairs with
+    std::greater: equal values put the larger index first.  Indices are written as floats.  No backward.
+    """
     exact_num_bottom = 1
     exact_num_top = 1
     has_backward = False

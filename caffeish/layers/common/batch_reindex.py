@@ -1,9 +1,5 @@
-"""BatchReindex: Caffe's selection (with repeats) of items along axis 0 by an index blob.
-
-bottom[0]: ``(N, ...)``.  bottom[1]: a 1-axis blob of K indices into axis 0 (floats truncated toward
-zero, as Caffe's cast; each must lie in [0, N)).  top: ``(K, ...)``, item k being ``bottom[0][index[k]]``.
-Backward accumulates: an item picked several times gets the sum of their gradients, one never picked
-gets 0.  The indices get no gradient (asking for one is an error, as in Caffe).
+"""The BatchReindex layer (Caffe's BatchReindexLayer): items of bottom[0] picked along axis 0, with repeats,
+by an index blob.
 """
 import numpy
 
@@ -14,6 +10,13 @@ from ...layer import Layer, register_layer
 
 @register_layer("BatchReindex")
 class BatchReindexLayer(Layer):
+    """BatchReindex: Caffe's selection (with repeats) of items along axis 0 by an index blob.
+
+    bottom[0]: ``(N, ...)``.  bottom[1]: a 1-axis blob of K indices into axis 0 (floats truncated toward
+    zero, as Caffe's cast; each must lie in [0, N)).  top: ``(K, ...)``, item k being ``bottom[0][index[k]]``.
+    Backward accumulates: an item picked several times gets the sum of their gradients, one never picked
+    gets 0.  The indices get no gradient (asking for one is an error, as in Caffe).
+    """
     exact_num_bottom = 2
     exact_num_top = 1
 

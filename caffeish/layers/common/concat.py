@@ -1,10 +1,4 @@
-"""Concat: joins any number of bottoms along one axis.
-
-bottom[i]: shapes equal except on ``concat_param.axis`` (default 1; the legacy
-``concat_dim`` is used instead when it is set).  top: the bottoms side by side on
-that axis.  With a single bottom the top shares its data and diff (no copy), as
-Caffe does.
-"""
+"""The Concat layer (Caffe's ConcatLayer): any number of bottoms joined along one axis."""
 from ...errors import CaffeishError
 from ...layer import Layer, register_layer
 from .._common import axis_slice, legacy_axis
@@ -12,6 +6,13 @@ from .._common import axis_slice, legacy_axis
 
 @register_layer("Concat")
 class ConcatLayer(Layer):
+    """Concat: joins any number of bottoms along one axis.
+
+    bottom[i]: shapes equal except on ``concat_param.axis`` (default 1; the legacy
+    ``concat_dim`` is used instead when it is set).  top: the bottoms side by side on
+    that axis.  With a single bottom the top shares its data and diff (no copy), as
+    Caffe does.
+    """
     min_bottom = 1
     exact_num_top = 1
 

@@ -1,12 +1,5 @@
-"""Eltwise: element-wise PROD, SUM (with one coefficient per bottom) or MAX of two or more bottoms.
-
-bottoms: two or more of the same shape; top: that shape.
-- SUM: top = sum_i coeff_i * bottom_i (coeff all 1 when not given).
-- PROD: top = prod_i bottom_i.  Backward is the product of the other bottoms
-  (``stable_prod_grad``, default) or top / bottom_i.
-- MAX: top = max_i bottom_i; the index of the winner is kept for backward, which
-  routes the whole gradient to it.  Ties follow Caffe's CPU code: between bottoms 0
-  and 1 the later one wins, for bottoms 2+ the earlier winner is kept.
+"""The Eltwise layer (Caffe's EltwiseLayer): element-wise PROD, SUM (with one coefficient per bottom) or MAX
+of two or more bottoms of one shape.
 """
 from ...backend import get_array_module
 from ...errors import CaffeishError
@@ -19,6 +12,16 @@ PROD, SUM, MAX = _OP.PROD, _OP.SUM, _OP.MAX
 
 @register_layer("Eltwise")
 class EltwiseLayer(Layer):
+    """Eltwise: element-wise PROD, SUM (with one coefficient per bottom) or MAX of two or more bottoms.
+
+    bottoms: two or more of the same shape; top: that shape.
+    - SUM: top = sum_i coeff_i * bottom_i (coeff all 1 when not given).
+    - PROD: top = prod_i bottom_i.  Backward is the product of the other bottoms
+      (``stable_prod_grad``, default) or top / bottom_i.
+    - MAX: top = max_i bottom_i; the index of the winner is kept for backward, which
+      routes the whole gradient to it.  Ties follow Caffe's CPU code: between bottoms 0
+      and 1 the later one wins, for bottoms 2+ the earlier winner is kept.
+    """
     min_bottom = 2
     exact_num_top = 1
 

@@ -1,11 +1,5 @@
-"""Filter: Caffe's selection of the items (along axis 0) whose selector is non-zero.
-
-bottom[0..K-1]: blobs with the same first axis N.  bottom[K] (the last): the selector, shape (N, 1, ...)
--- every axis after the first must be 1.  top[0..K-1]: bottom[i] restricted to the selected items, in
-order: ``(number selected, ...)``.  As in Caffe, the reshape done at setup gives the tops all N items
-(so that the Net can be built before any data is seen); every forward then uses the real count.
-Backward copies each top's gradient back to its selected items and writes 0 for the others; the
-selector gets no gradient (asking for one is an error, as in Caffe).
+"""The Filter layer (Caffe's FilterLayer): the items (along axis 0) of each bottom whose selector, the last
+bottom, is non-zero.
 """
 import numpy
 
@@ -16,6 +10,15 @@ from ...layer import Layer, register_layer
 
 @register_layer("Filter")
 class FilterLayer(Layer):
+    """Filter: Caffe's selection of the items (along axis 0) whose selector is non-zero.
+
+    bottom[0..K-1]: blobs with the same first axis N.  bottom[K] (the last): the selector, shape (N, 1, ...)
+    -- every axis after the first must be 1.  top[0..K-1]: bottom[i] restricted to the selected items, in
+    order: ``(number selected, ...)``.  As in Caffe, the reshape done at setup gives the tops all N items
+    (so that the Net can be built before any data is seen); every forward then uses the real count.
+    Backward copies each top's gradient back to its selected items and writes 0 for the others; the
+    selector gets no gradient (asking for one is an error, as in Caffe).
+    """
     min_bottom = 2
     min_top = 1
 

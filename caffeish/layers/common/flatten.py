@@ -1,9 +1,5 @@
-"""Flatten: merges axes ``flatten_param.axis`` .. ``end_axis`` (default 1 .. -1) into one.
-
-bottom: any shape (at least ``axis + 1`` axes); top: shape[:axis] +
-[prod(shape[axis:end_axis+1])] + shape[end_axis+1:].  The top shares the bottom's
-data and diff buffers (Caffe's ShareData/ShareDiff), so forward and backward copy
-nothing: the gradient written into the top's diff is already the bottom's.
+"""The Flatten layer (Caffe's FlattenLayer): a run of axes merged into one, the top sharing the bottom's data
+and diff.
 """
 from ...errors import CaffeishError
 from ...layer import register_layer
@@ -12,6 +8,14 @@ from .._common import ViewLayer
 
 @register_layer("Flatten")
 class FlattenLayer(ViewLayer):
+    """Flatten: merges axes ``flatten_param.axis`` .. ``end_axis`` (default 1 .. -1) into one.
+
+    bottom: any shape (at least ``axis + 1`` axes); top: shape[:axis] +
+    [prod(shape[axis:end_axis+1])] + shape[end_axis+1:].  The top shares the bottom's
+    data and diff buffers (Caffe's ShareData/ShareDiff), so forward and backward copy
+    nothing: the gradient written into the top's diff is already the bottom's.
+    """
+
     def top_shape(self, b):
         p = self.param.flatten_param
         start = b.canonical_axis(p.axis)

@@ -1,9 +1,4 @@
-"""Parameter: no bottom; its one top is the layer's learned blob, of shape ``parameter_param.shape``.
-
-The blob starts at zeros (Caffe fills it with nothing).  Forward copies it into the top; backward adds
-the top's diff into the blob's diff.  (Caffe shares the top's data and diff with the blob instead;
-copying keeps the blob safe from in-place consumers and keeps gradient accumulation.)
-"""
+"""The Parameter layer (Caffe's ParameterLayer): no bottom; its one top is the layer's learned blob."""
 from ...blob import Blob
 from ...errors import CaffeishError
 from ...layer import Layer, register_layer
@@ -11,6 +6,12 @@ from ...layer import Layer, register_layer
 
 @register_layer("Parameter")
 class ParameterLayer(Layer):
+    """Parameter: no bottom; its one top is the layer's learned blob, of shape ``parameter_param.shape``.
+
+    The blob starts at zeros (Caffe fills it with nothing).  Forward copies it into the top; backward adds
+    the top's diff into the blob's diff.  (Caffe shares the top's data and diff with the blob instead;
+    copying keeps the blob safe from in-place consumers and keeps gradient accumulation.)
+    """
     exact_num_bottom = 0
     exact_num_top = 1
 

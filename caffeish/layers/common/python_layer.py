@@ -1,16 +1,6 @@
-"""Python: a layer written in Python by the user, as pycaffe's ``caffe.Layer`` contract has it.
-
-``python_param { module: "my_layers" layer: "MyLayer" param_str: "..." }`` imports ``module`` and
-instantiates ``module.layer`` with the LayerParameter.  The class (``import caffeish as caffe;
-class MyLayer(caffe.Layer)``) defines ``setup(bottom, top)``, ``reshape(bottom, top)``,
-``forward(bottom, top)`` and ``backward(top, propagate_down, bottom)``; it reads ``self.param_str`` and
-``self.phase`` and may fill ``self.blobs`` (``self.blobs.add_blob(*shape)`` as in pycaffe, or by assigning a
-list of Blobs), which become this layer's learnable parameters.  ``net.layers[i]`` is the wrapper; attributes
-it lacks are looked up on the user's object (``.layer``), so ``net.layer_dict["data"].set_data(...)`` works.
-
-Where the module is looked for, in order: the directories in ``PYTHON_LAYER_PATHS`` (meant for the directory
-of the prototxt being loaded), those in the environment variable ``CAFFEISH_PYTHON_LAYER_PATH``
-(``os.pathsep``-separated), ``sys.path`` (so PYTHONPATH), then the current directory.
+"""The Python layer: a layer written in Python by the user, as pycaffe's ``caffe.Layer`` contract has it --
+``import_layer_module`` finds the user's module, ``PythonLayer`` wraps the user's object so that the net runs
+it like any other layer.
 """
 import importlib
 import inspect
@@ -56,7 +46,12 @@ def search_dirs():
 
 
 def import_layer_module(name):
-    """Import ``name`` from ``search_dirs()``, ``sys.path``, then the current directory."""
+    """Import ``name`` from ``search_dirs()``, ``sys.path``, then the current directory.
+
+    Where the module is looked for, in order: the directories in ``PYTHON_LAYER_PATHS`` (meant for the directory
+    of the prototxt being loaded), those in the environment variable ``CAFFEISH_PYTHON_LAYER_PATH``
+    (``os.pathsep``-separated), ``sys.path`` (so PYTHONPATH), then the current directory.
+    """
     if not name:
         raise CaffeishError("python_param.module is empty; give the name of the module that defines the layer")
     front, cwd = search_dirs(), os.getcwd()
@@ -104,7 +99,16 @@ def _instantiate(cls, param, dtype):
 
 @register_layer("Python")
 class PythonLayer(Layer):
-    """Delegates setup/reshape/forward/backward to the user's object; its blobs are the user's blobs."""
+    """Delegates setup/reshape/forward/backward to the user's object; its blobs are the user's blobs.
+
+    ``python_param { module: "my_layers" layer: "MyLayer" param_str: "..." }`` imports ``module`` and
+    instantiates ``module.layer`` with the LayerParameter.  The class (``import caffeish as caffe;
+    class MyLayer(caffe.Layer)``) defines ``setup(bottom, top)``, ``reshape(bottom, top)``,
+    ``forward(bottom, top)`` and ``backward(top, propagate_down, bottom)``; it reads ``self.param_str`` and
+    ``self.phase`` and may fill ``self.blobs`` (``self.blobs.add_blob(*shape)`` as in pycaffe, or by assigning a
+    list of Blobs), which become this layer's learnable parameters.  ``net.layers[i]`` is the wrapper; attributes
+    it lacks are looked up on the user's object (``.layer``), so ``net.layer_dict["data"].set_data(...)`` works.
+    """
 
     def __init__(self, param, dtype=numpy.float32):
         self.__dict__["layer"] = None

@@ -1,7 +1,5 @@
-"""Reduction: SUM, ASUM (sum of |x|), SUMSQ (sum of x^2) or MEAN over all axes from ``axis``, times ``coeff``.
-
-bottom: any shape; top: bottom.shape[:axis] (a scalar for axis 0, the default).  Reducing only some
-middle axes is not possible, as in Caffe.
+"""The Reduction layer (Caffe's ReductionLayer): SUM, ASUM, SUMSQ or MEAN over all axes from ``axis``,
+times ``coeff``.
 """
 from ...backend import get_array_module
 from ...layer import Layer, register_layer
@@ -12,6 +10,11 @@ _OPS = caffe_pb2.ReductionParameter
 
 @register_layer("Reduction")
 class ReductionLayer(Layer):
+    """Reduction: SUM, ASUM (sum of |x|), SUMSQ (sum of x^2) or MEAN over all axes from ``axis``, times ``coeff``.
+
+    bottom: any shape; top: bottom.shape[:axis] (a scalar for axis 0, the default).  Reducing only some
+    middle axes is not possible, as in Caffe.
+    """
     exact_num_bottom = 1
     exact_num_top = 1
 

@@ -1,10 +1,5 @@
-"""Reshape: gives the bottom a new shape without copying (top shares data and diff).
-
-``reshape_param.shape`` replaces bottom axes ``axis`` .. ``axis + num_axes``
-(defaults 0 and -1: the whole shape; a negative axis counts from the end, -1
-meaning after the last axis).  In the new dims, 0 copies the bottom's dim at the
-same position (relative to ``axis``) and one -1 is inferred so that the counts
-match.  The total count must stay the same.
+"""The Reshape layer (Caffe's ReshapeLayer): the bottom given a new shape without copying (the top shares its
+data and diff).
 """
 import numpy
 
@@ -15,6 +10,14 @@ from .._common import ViewLayer
 
 @register_layer("Reshape")
 class ReshapeLayer(ViewLayer):
+    """Reshape: gives the bottom a new shape without copying (top shares data and diff).
+
+    ``reshape_param.shape`` replaces bottom axes ``axis`` .. ``axis + num_axes``
+    (defaults 0 and -1: the whole shape; a negative axis counts from the end, -1
+    meaning after the last axis).  In the new dims, 0 copies the bottom's dim at the
+    same position (relative to ``axis``) and one -1 is inferred so that the counts
+    match.  The total count must stay the same.
+    """
 
     def layer_setup(self, bottom, top):
         dims = [int(d) for d in self.param.reshape_param.shape.dim]

@@ -1,13 +1,5 @@
-"""Scale and Bias: multiply by, or add, a blob broadcast along some axes of bottom[0].
-
-The operand (a learned parameter, or bottom[1]) has the shape of bottom[0] from ``axis`` for its own
-number of axes, so bottom[0] is viewed as (outer, dim, inner) with outer = count(0, axis), dim = the
-operand's count and inner = count after it, exactly as Caffe.  A learned operand has the shape
-bottom[0].shape[axis : axis + num_axes] (num_axes -1: to the end; 0: a scalar).  A scalar operand is
-always applied with axis 0.  top: bottom[0]'s shape; in place allowed.
-
-Scale: y = x * s (+ b with ``bias_term``).  Blobs: [scale, bias] with one bottom, [bias] with two.
-Default fillers: scale constant 1, bias (and Bias's) constant 0.
+"""The Scale and Bias layers (Caffe's ScaleLayer, BiasLayer): bottom[0] multiplied by, or added to, a learned
+blob or bottom[1] broadcast along some of its axes.
 """
 from ...blob import Blob
 from ...errors import CaffeishError
@@ -43,6 +35,14 @@ def broadcast_layout(bottom, operand, axis, what):
 
 
 class _Broadcast(Layer):
+    """The base of Scale and Bias: one or two bottoms, one top, and the learned blobs they make.
+
+    The operand (a learned parameter, or bottom[1]) has the shape of bottom[0] from ``axis`` for its own
+    number of axes, so bottom[0] is viewed as (outer, dim, inner) with outer = count(0, axis), dim = the
+    operand's count and inner = count after it, exactly as Caffe.  A learned operand has the shape
+    bottom[0].shape[axis : axis + num_axes] (num_axes -1: to the end; 0: a scalar).  A scalar operand is
+    always applied with axis 0.  top: bottom[0]'s shape; in place allowed.
+    """
     min_bottom = 1
     max_bottom = 2
     exact_num_top = 1
@@ -61,7 +61,7 @@ def _sum_outer_inner(array, layout):
 
 @register_layer("Bias")
 class BiasLayer(_Broadcast):
-    """y = x + b, b learned or bottom[1]."""
+    """y = x + b, b learned or bottom[1].  Default filler: constant 0."""
 
     def layer_setup(self, bottom, top):
         p = self.param.bias_param
@@ -100,7 +100,10 @@ class BiasLayer(_Broadcast):
 
 @register_layer("Scale")
 class ScaleLayer(_Broadcast):
-    """y = x * s (+ b), s learned or bottom[1], b learned when ``bias_term``."""
+    """y = x * s (+ b), s learned or bottom[1], b learned when ``bias_term``.
+
+    Blobs: [scale, bias] with one bottom, [bias] with two.  Default fillers: scale constant 1, bias constant 0.
+    """
 
     def layer_setup(self, bottom, top):
         p = self.param.scale_param

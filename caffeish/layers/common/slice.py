@@ -1,12 +1,4 @@
-"""Slice: cuts one bottom into several tops along one axis.
-
-``slice_param.axis`` (default 1; the legacy ``slice_dim`` is used instead when set).
-``slice_point``: the len(top) - 1 indices, strictly increasing and inside the
-axis, where each top after the first begins; when empty, the axis is split
-evenly (its size must divide by the number of tops).  Backward writes each top's
-diff back into its part of the bottom's diff.  A single top shares the bottom's
-data and diff, as in Caffe.
-"""
+"""The Slice layer (Caffe's SliceLayer): one bottom cut into several tops along one axis."""
 from ...errors import CaffeishError
 from ...layer import Layer, register_layer
 from .._common import axis_slice, legacy_axis
@@ -14,6 +6,15 @@ from .._common import axis_slice, legacy_axis
 
 @register_layer("Slice")
 class SliceLayer(Layer):
+    """Slice: cuts one bottom into several tops along one axis.
+
+    ``slice_param.axis`` (default 1; the legacy ``slice_dim`` is used instead when set).
+    ``slice_point``: the len(top) - 1 indices, strictly increasing and inside the
+    axis, where each top after the first begins; when empty, the axis is split
+    evenly (its size must divide by the number of tops).  Backward writes each top's
+    diff back into its part of the bottom's diff.  A single top shares the bottom's
+    data and diff, as in Caffe.
+    """
     exact_num_bottom = 1
     min_top = 1
 

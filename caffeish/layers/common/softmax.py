@@ -1,4 +1,4 @@
-"""Softmax along ``softmax_param.axis``.   bottom, top: any shape (in place allowed)."""
+"""The Softmax layer (Caffe's SoftmaxLayer), and ``softmax``, the function it and the softmax losses use."""
 from ...backend import get_array_module
 from ...cpu import workspace
 from ...layer import Layer, register_layer
@@ -17,6 +17,7 @@ def softmax(x, axis, out):
 
 @register_layer("Softmax")
 class SoftmaxLayer(Layer):
+    """Softmax along ``softmax_param.axis``.   bottom, top: any shape (in place allowed)."""
     exact_num_bottom = 1
     exact_num_top = 1
 

@@ -1,13 +1,16 @@
-"""Split: copies one bottom to several tops; backward sums the tops' diffs.
-
-Net inserts these wherever a blob is read by more than one layer, so that every
-other layer may overwrite its bottom's diff.
+"""The Split layer (Caffe's SplitLayer): one bottom copied to several tops, inserted by the Net wherever a
+blob is read by more than one layer.
 """
 from ...layer import Layer, register_layer
 
 
 @register_layer("Split")
 class SplitLayer(Layer):
+    """Split: copies one bottom to several tops; backward sums the tops' diffs.
+
+    Net inserts these wherever a blob is read by more than one layer, so that every
+    other layer may overwrite its bottom's diff.
+    """
     exact_num_bottom = 1
     min_top = 1
 

@@ -1,14 +1,15 @@
-"""Tile: Caffe's repetition of the bottom ``tiles`` times along ``tile_param.axis`` (default 1).
-
-top: the bottom's shape with axis ``axis`` multiplied by ``tiles``; the whole block from ``axis`` on is
-repeated (``[a, b] -> [a, b, a, b]``).  Backward sums the gradients of the tiles.
-"""
+"""The Tile layer (Caffe's TileLayer): the bottom repeated ``tiles`` times along one axis."""
 from ...errors import CaffeishError
 from ...layer import Layer, register_layer
 
 
 @register_layer("Tile")
 class TileLayer(Layer):
+    """Tile: Caffe's repetition of the bottom ``tiles`` times along ``tile_param.axis`` (default 1).
+
+    top: the bottom's shape with axis ``axis`` multiplied by ``tiles``; the whole block from ``axis`` on is
+    repeated (``[a, b] -> [a, b, a, b]``).  Backward sums the gradients of the tiles.
+    """
     exact_num_bottom = 1
     exact_num_top = 1
 
