@@ -1,12 +1,5 @@
-"""Accuracy: the fraction of examples whose label is among the top_k scores.
-
-bottom[0]: scores, classes along ``accuracy_param.axis``; bottom[1]: labels,
-count(:axis) * count(axis+1:) of them.  top[0]: the scalar accuracy over the
-counted (not ignored) labels, 0 when none; optional top[1]: per-class accuracy,
-shape (num_classes,), 0 for classes that do not occur.
-
-As Caffe's AccuracyLayer: a label is a hit when fewer than top_k *other*
-classes score at least as high as it (>=), so ties count against the label.
+"""The Accuracy layer (Caffe's AccuracyLayer): the fraction of examples whose label is among the top_k
+scores, overall and optionally per class.
 """
 from ...backend import get_array_module
 from ...errors import CaffeishError
@@ -17,6 +10,16 @@ from .softmax_loss import read_labels
 
 @register_layer("Accuracy")
 class AccuracyLayer(Layer):
+    """Accuracy: the fraction of examples whose label is among the top_k scores.
+
+    bottom[0]: scores, classes along ``accuracy_param.axis``; bottom[1]: labels,
+    count(:axis) * count(axis+1:) of them.  top[0]: the scalar accuracy over the
+    counted (not ignored) labels, 0 when none; optional top[1]: per-class accuracy,
+    shape (num_classes,), 0 for classes that do not occur.
+
+    As Caffe's AccuracyLayer: a label is a hit when fewer than top_k *other*
+    classes score at least as high as it (>=), so ties count against the label.
+    """
     exact_num_bottom = 2
     min_top = 1
     max_top = 2

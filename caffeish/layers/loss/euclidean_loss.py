@@ -1,14 +1,15 @@
-"""EuclideanLoss: loss = sum((a - b)^2) / (2 N), N = bottom[0].shape[0].
-
-bottom[0], bottom[1]: the same first axis and the same count; both may receive
-gradients (b gets the negative).   top: the scalar loss.
-"""
+"""The EuclideanLoss layer (Caffe's EuclideanLossLayer): half the mean squared distance between two bottoms."""
 from ...errors import CaffeishError
 from ...layer import LossLayer, register_layer
 
 
 @register_layer("EuclideanLoss")
 class EuclideanLossLayer(LossLayer):
+    """EuclideanLoss: loss = sum((a - b)^2) / (2 N), N = bottom[0].shape[0].
+
+    bottom[0], bottom[1]: the same first axis and the same count; both may receive
+    gradients (b gets the negative).   top: the scalar loss.
+    """
     exact_num_bottom = 2
 
     def allow_force_backward(self, bottom_index):

@@ -1,24 +1,5 @@
 """Caffe's other loss layers: SigmoidCrossEntropyLoss, HingeLoss, InfogainLoss, MultinomialLogisticLoss,
 ContrastiveLoss.   top[0]: the scalar loss (default loss weight 1).
-
-SigmoidCrossEntropyLoss   bottom[0]: scores x, bottom[1]: targets t in [0, 1], the same count.
-    loss = -sum over counted elements of [t log sigmoid(x) + (1 - t) log(1 - sigmoid(x))] / normalizer,
-    computed stably as Caffe does; ``loss_param.ignore_label`` skips elements whose int(t) equals it.
-    Normalization: ``loss_param.normalization`` if given, else the deprecated ``normalize`` (true: VALID,
-    false: BATCH_SIZE), else BATCH_SIZE (this layer's own default in Caffe, not the proto's VALID).
-HingeLoss   bottom[0]: scores (N, ...), dim = count / N; bottom[1]: N integer labels in [0, dim).
-    t = +1 at the label, -1 elsewhere; loss = sum max(0, 1 - t x)^p / N, p = 1 (L1) or 2 (L2).
-InfogainLoss   bottom[0]: scores, softmax taken along ``infogain_loss_param.axis``; bottom[1]: labels
-    (count(:axis) * count(axis+1:) of them); H: a C x C matrix from ``infogain_loss_param.source``
-    (a binaryproto) or bottom[2].  loss = -sum_counted sum_l H[label, l] log(max(p_l, 1e-20)) / normalizer,
-    ``loss_param`` ignore_label and normalization (default VALID; the deprecated ``normalize`` is refused).
-    Optional top[1]: the probabilities.  No gradient into labels or H (an error, as in Caffe).
-MultinomialLogisticLoss   bottom[0]: probabilities (N, ...), bottom[1]: N integer labels.
-    loss = -sum log(max(p[label], 1e-20)) / N.
-ContrastiveLoss   bottom[0] a, bottom[1] b: (N, C) (or (N, C, 1, 1)); bottom[2] y: N flags, int(y) != 0 = similar.
-    d = ||a - b||; loss = sum(similar ? d^2 : max(margin - d, 0)^2) / 2N, or with ``legacy_version``
-    max(margin - d^2, 0) for dissimilar pairs.  Gradients into a and b (Caffe's, with its 1e-4 in the
-    denominator of the non-legacy dissimilar term); none into y.
 """
 import numpy
 
@@ -61,6 +42,13 @@ def _per_example_labels(layer, bottom):
 
 @register_layer("SigmoidCrossEntropyLoss")
 class SigmoidCrossEntropyLossLayer(LossLayer):
+    """SigmoidCrossEntropyLoss   bottom[0]: scores x, bottom[1]: targets t in [0, 1], the same count.
+
+    loss = -sum over counted elements of [t log sigmoid(x) + (1 - t) log(1 - sigmoid(x))] / normalizer,
+    computed stably as Caffe does; ``loss_param.ignore_label`` skips elements whose int(t) equals it.
+    Normalization: ``loss_param.normalization`` if given, else the deprecated ``normalize`` (true: VALID,
+    false: BATCH_SIZE), else BATCH_SIZE (this layer's own default in Caffe, not the proto's VALID).
+    """
     exact_num_bottom = 2
 
     def layer_setup(self, bottom, top):
@@ -116,6 +104,10 @@ class SigmoidCrossEntropyLossLayer(LossLayer):
 
 @register_layer("HingeLoss")
 class HingeLossLayer(LossLayer):
+    """HingeLoss   bottom[0]: scores (N, ...), dim = count / N; bottom[1]: N integer labels in [0, dim).
+
+    t = +1 at the label, -1 elsewhere; loss = sum max(0, 1 - t x)^p / N, p = 1 (L1) or 2 (L2).
+    """
     exact_num_bottom = 2
 
     def layer_setup(self, bottom, top):
@@ -163,6 +155,14 @@ def read_infogain_matrix(path, dtype):
 
 @register_layer("InfogainLoss")
 class InfogainLossLayer(LossLayer):
+    """InfogainLoss   bottom[0]: scores, softmax taken along ``infogain_loss_param.axis``; bottom[1]: labels
+    (count(:axis) * count(axis+1:) of them); H: a C x C matrix from ``infogain_loss_param.source``
+    (a binaryproto) or bottom[2].
+
+    loss = -sum_counted sum_l H[label, l] log(max(p_l, 1e-20)) / normalizer,
+    ``loss_param`` ignore_label and normalization (default VALID; the deprecated ``normalize`` is refused).
+    Optional top[1]: the probabilities.  No gradient into labels or H (an error, as in Caffe).
+    """
     exact_num_top = None
     min_top = 1
     max_top = 2
@@ -241,6 +241,10 @@ class InfogainLossLayer(LossLayer):
 
 @register_layer("MultinomialLogisticLoss")
 class MultinomialLogisticLossLayer(LossLayer):
+    """MultinomialLogisticLoss   bottom[0]: probabilities (N, ...), bottom[1]: N integer labels.
+
+    loss = -sum log(max(p[label], 1e-20)) / N.
+    """
     exact_num_bottom = 2
 
     def forward(self, bottom, top):
@@ -264,6 +268,13 @@ class MultinomialLogisticLossLayer(LossLayer):
 
 @register_layer("ContrastiveLoss")
 class ContrastiveLossLayer(LossLayer):
+    """ContrastiveLoss   bottom[0] a, bottom[1] b: (N, C) (or (N, C, 1, 1)); bottom[2] y: N flags,
+    int(y) != 0 = similar.
+
+    d = ||a - b||; loss = sum(similar ? d^2 : max(margin - d, 0)^2) / 2N, or with ``legacy_version``
+    max(margin - d^2, 0) for dissimilar pairs.  Gradients into a and b (Caffe's, with its 1e-4 in the
+    denominator of the non-legacy dissimilar term); none into y.
+    """
     exact_num_bottom = 3
 
     def allow_force_backward(self, bottom_index):

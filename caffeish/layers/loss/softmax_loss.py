@@ -1,9 +1,5 @@
-"""SoftmaxWithLoss: multinomial logistic loss of the softmax of the scores.
-
-bottom[0]: scores, softmax taken along ``softmax_param.axis`` (C classes);
-bottom[1]: labels, count(:axis) * count(axis+1:) integer values in [0, C)
-(or ``loss_param.ignore_label``).  top[0]: the scalar loss
--sum log(max(p[label], FLT_MIN)) / normalizer; optional top[1]: the probabilities.
+"""The SoftmaxWithLoss layer (Caffe's SoftmaxWithLossLayer), and the loss normalizer and the label reading
+(``normalizer``, ``read_labels``) that the other loss layers share.
 """
 import numpy
 
@@ -65,6 +61,13 @@ def read_labels(label_blob, outer_num, inner_num, num_classes, ignore_label, lay
 
 @register_layer("SoftmaxWithLoss")
 class SoftmaxWithLossLayer(LossLayer):
+    """SoftmaxWithLoss: multinomial logistic loss of the softmax of the scores.
+
+    bottom[0]: scores, softmax taken along ``softmax_param.axis`` (C classes);
+    bottom[1]: labels, count(:axis) * count(axis+1:) integer values in [0, C)
+    (or ``loss_param.ignore_label``).  top[0]: the scalar loss
+    -sum log(max(p[label], FLT_MIN)) / normalizer; optional top[1]: the probabilities.
+    """
     exact_num_bottom = 2
     exact_num_top = None
     min_top = 1
