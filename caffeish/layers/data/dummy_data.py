@@ -1,10 +1,5 @@
-"""DummyData: tops of fixed shapes filled by fillers (for tests and benchmarks).
-
-``dummy_data_param.shape`` (once for all tops, or once per top) or the legacy
-``num``/``channels``/``height``/``width`` (each once, or once per top).
-``data_filler``: none (constant 0), one for all tops, or one per top.  As in
-Caffe, tops with a constant filler are filled once at setup and never again;
-the others are refilled on every forward.  No bottoms, no backward.
+"""The DummyData layer (Caffe's DummyDataLayer): tops of fixed shapes filled by fillers, for tests and
+benchmarks.
 """
 from ... import fillers
 from ...errors import CaffeishError
@@ -14,6 +9,14 @@ from ...proto import caffe_pb2
 
 @register_layer("DummyData")
 class DummyDataLayer(Layer):
+    """DummyData: tops of fixed shapes filled by fillers (for tests and benchmarks).
+
+    ``dummy_data_param.shape`` (once for all tops, or once per top) or the legacy
+    ``num``/``channels``/``height``/``width`` (each once, or once per top).
+    ``data_filler``: none (constant 0), one for all tops, or one per top.  As in
+    Caffe, tops with a constant filler are filled once at setup and never again;
+    the others are refilled on every forward.  No bottoms, no backward.
+    """
     exact_num_bottom = 0
     min_top = 1
     has_backward = False

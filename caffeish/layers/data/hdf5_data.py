@@ -1,15 +1,5 @@
-"""HDF5Data: rows of HDF5 datasets (Caffe's HDF5DataLayer), read ahead on a thread.
-
-``hdf5_data_param``: ``source`` (a text file naming .h5 files, whitespace-separated as Caffe reads
-it; a relative name is taken from the current directory, as Caffe does, or else from the list
-file's directory), ``batch_size``, ``shuffle``.  One top per dataset, named like the top (tops
-``data`` and ``label`` read datasets ``data`` and ``label``); top ``j`` has the shape
-``(batch_size,) + dataset.shape[1:]``; values are converted to the net's float type.
-
-Rows are read in order, across file boundaries, wrapping around after the last file.  With
-``shuffle``, as Caffe: the file order is shuffled every epoch and the rows of a file every time it
-is loaded.  No transformations (Caffe refuses a transform_param here).  In data-parallel training each rank
-reads every N-th row of that stream (``set_shard``; see ``caffeish.layers.data.prefetch``).
+"""The HDF5Data layer (Caffe's HDF5DataLayer): rows of the datasets of a list of HDF5 files, read ahead on a
+thread (``HDF5Reader``).
 """
 import math
 
@@ -271,6 +261,19 @@ class HDF5Reader(Reader):
 
 @register_layer("HDF5Data")
 class HDF5DataLayer(PrefetchingDataLayer):
+    """HDF5Data: rows of HDF5 datasets (Caffe's HDF5DataLayer), read ahead on a thread.
+
+    ``hdf5_data_param``: ``source`` (a text file naming .h5 files, whitespace-separated as Caffe reads
+    it; a relative name is taken from the current directory, as Caffe does, or else from the list
+    file's directory), ``batch_size``, ``shuffle``.  One top per dataset, named like the top (tops
+    ``data`` and ``label`` read datasets ``data`` and ``label``); top ``j`` has the shape
+    ``(batch_size,) + dataset.shape[1:]``; values are converted to the net's float type.
+
+    Rows are read in order, across file boundaries, wrapping around after the last file.  With
+    ``shuffle``, as Caffe: the file order is shuffled every epoch and the rows of a file every time it
+    is loaded.  No transformations (Caffe refuses a transform_param here).  In data-parallel training each rank
+    reads every N-th row of that stream (``set_shard``; see ``caffeish.layers.data.prefetch``).
+    """
     min_top = 1
 
     def make_reader(self, seed, top):

@@ -1,16 +1,5 @@
-"""HDF5Output: writes its two bottoms to an HDF5 file (Caffe's HDF5OutputLayer).
-
-``hdf5_output_param.file_name``: the file, created (truncated) at setup as Caffe does.  Each forward
-appends bottom 0 to dataset ``data`` and bottom 1 to dataset ``label`` (resizable along the first
-axis, so a run of many batches keeps every row; Caffe itself can write only one batch).  Rows keep the
-bottoms' own shapes; values are stored in the net's float type.  No tops, no backward.
-
-The file is built in memory and written whole, atomically, with Python's file I/O: libhdf5 crashes
-the process after a failed write to disk (a full disk, a file-size limit), where Python raises an
-error that names the file.  It is written after every forward while it is small (``SMALL_BYTES``),
-then whenever it has grown by half or the time since the last write is ten times what that write
-took -- so the writes cost a bounded share of the run -- and at ``close``.  An interrupted run leaves
-the last complete file.  The rows are held in memory until then.
+"""The HDF5Output layer (Caffe's HDF5OutputLayer): its two bottoms appended, batch after batch, to the
+datasets ``data`` and ``label`` of an HDF5 file.
 """
 import io
 import os
@@ -31,6 +20,20 @@ DATASETS = ("data", "label")
 
 @register_layer("HDF5Output")
 class HDF5OutputLayer(Layer):
+    """HDF5Output: writes its two bottoms to an HDF5 file (Caffe's HDF5OutputLayer).
+
+    ``hdf5_output_param.file_name``: the file, created (truncated) at setup as Caffe does.  Each forward
+    appends bottom 0 to dataset ``data`` and bottom 1 to dataset ``label`` (resizable along the first
+    axis, so a run of many batches keeps every row; Caffe itself can write only one batch).  Rows keep the
+    bottoms' own shapes; values are stored in the net's float type.  No tops, no backward.
+
+    The file is built in memory and written whole, atomically, with Python's file I/O: libhdf5 crashes
+    the process after a failed write to disk (a full disk, a file-size limit), where Python raises an
+    error that names the file.  It is written after every forward while it is small (``SMALL_BYTES``),
+    then whenever it has grown by half or the time since the last write is ten times what that write
+    took -- so the writes cost a bounded share of the run -- and at ``close``.  An interrupted run leaves
+    the last complete file.  The rows are held in memory until then.
+    """
     exact_num_bottom = 2
     exact_num_top = 0
     has_backward = False

@@ -1,17 +1,5 @@
-"""ImageData: batches of image files named in a list (Caffe's ImageDataLayer), read ahead on a thread.
-
-``image_data_param``: ``source`` (a text file of ``path label`` lines, split at the LAST space, as
-Caffe does), ``root_folder`` (prepended to each path as a plain string, as Caffe does),
-``new_height``/``new_width`` (resize every image; both or neither), ``is_color`` (false: one gray
-channel), ``shuffle`` (a new order every epoch), ``rand_skip`` (start at a random line in
-``[0, rand_skip)``), ``batch_size``.  Tops: ``data`` (N, C, H', W') and ``label`` (N,).  In data-parallel
-training each rank reads every N-th image of the (shuffled) list (``set_shard``; see ``caffeish.layers.data.prefetch``).
-
-Images are read as Caffe's ReadImageToCVMat reads them (``caffeish.io.read_image_chw_bgr``): decoded
-with Pillow into OpenCV's pixels (``cv::imread``'s BGR C x H x W uint8, or its grey), resized exactly as
-``cv::resize`` with INTER_LINEAR does (``caffeish.imgproc.resize_linear``), then go through the
-DataTransformer (``transform_param``; the deprecated ``image_data_param``
-``scale``/``mean_file``/``crop_size``/``mirror`` are honoured when there is no ``transform_param``).
+"""The ImageData layer (Caffe's ImageDataLayer): batches of image files named in a list, with their labels,
+read ahead on a thread (``ImageListReader``).
 """
 import numpy
 
@@ -167,6 +155,22 @@ class ImageListReader(Reader):
 
 @register_layer("ImageData")
 class ImageDataLayer(PrefetchingDataLayer):
+    """ImageData: batches of image files named in a list (Caffe's ImageDataLayer), read ahead on a thread.
+
+    ``image_data_param``: ``source`` (a text file of ``path label`` lines, split at the LAST space, as
+    Caffe does), ``root_folder`` (prepended to each path as a plain string, as Caffe does),
+    ``new_height``/``new_width`` (resize every image; both or neither), ``is_color`` (false: one gray
+    channel), ``shuffle`` (a new order every epoch), ``rand_skip`` (start at a random line in
+    ``[0, rand_skip)``), ``batch_size``.  Tops: ``data`` (N, C, H', W') and ``label`` (N,).  In data-parallel
+    training each rank reads every N-th image of the (shuffled) list (``set_shard``; see
+    ``caffeish.layers.data.prefetch``).
+
+    Images are read as Caffe's ReadImageToCVMat reads them (``caffeish.io.read_image_chw_bgr``): decoded
+    with Pillow into OpenCV's pixels (``cv::imread``'s BGR C x H x W uint8, or its grey), resized exactly as
+    ``cv::resize`` with INTER_LINEAR does (``caffeish.imgproc.resize_linear``), then go through the
+    DataTransformer (``transform_param``; the deprecated ``image_data_param``
+    ``scale``/``mean_file``/``crop_size``/``mirror`` are honoured when there is no ``transform_param``).
+    """
     exact_num_top = 2
 
     def make_reader(self, seed, top):

@@ -1,15 +1,4 @@
-"""MemoryData: batches from arrays handed over by the program (Caffe's MemoryDataLayer).
-
-``memory_data_param``: ``batch_size``, ``channels``, ``height``, ``width``.  Tops: ``data``
-(batch_size, channels, height, width) and ``label`` (batch_size,).
-
-``set_arrays(data, labels)`` (what ``Net.set_input_arrays`` calls, as pycaffe's) takes data of
-shape (N, channels, height, width) and N labels, N a multiple of ``batch_size``; each forward then
-serves the next ``batch_size`` rows, wrapping around.  As in Caffe, arrays given this way are used
-as they are (Caffe's ``Reset`` does not transform, and warns if there is a ``transform_param``);
-``add_datum_vector(datums)`` goes through the DataTransformer (mirror, crop, mean, scale), as
-Caffe's ``AddDatumVector`` does, and needs the previous data to have been served completely.
-"""
+"""The MemoryData layer (Caffe's MemoryDataLayer): batches from arrays (or Datums) handed over by the program."""
 import logging
 
 import numpy
@@ -25,6 +14,18 @@ log = logging.getLogger("caffeish")
 
 @register_layer("MemoryData")
 class MemoryDataLayer(Layer):
+    """MemoryData: batches from arrays handed over by the program (Caffe's MemoryDataLayer).
+
+    ``memory_data_param``: ``batch_size``, ``channels``, ``height``, ``width``.  Tops: ``data``
+    (batch_size, channels, height, width) and ``label`` (batch_size,).
+
+    ``set_arrays(data, labels)`` (what ``Net.set_input_arrays`` calls, as pycaffe's) takes data of
+    shape (N, channels, height, width) and N labels, N a multiple of ``batch_size``; each forward then
+    serves the next ``batch_size`` rows, wrapping around.  As in Caffe, arrays given this way are used
+    as they are (Caffe's ``Reset`` does not transform, and warns if there is a ``transform_param``);
+    ``add_datum_vector(datums)`` goes through the DataTransformer (mirror, crop, mean, scale), as
+    Caffe's ``AddDatumVector`` does, and needs the previous data to have been served completely.
+    """
     exact_num_bottom = 0
     exact_num_top = 2
     has_backward = False

@@ -1,46 +1,6 @@
 """Prefetching for data layers: batches are read, decoded and transformed on a background thread.
-
-A data layer is a ``PrefetchingDataLayer`` with a ``Reader``: a sequential source whose
-``load_batch(rng)`` returns the next batch (one numpy array per top) and advances.  A daemon
-thread runs the reader ahead of the net, keeping up to ``data_param.prefetch`` (default 4)
-finished batches in a bounded queue; in GPU mode it also copies them to the device.
-
-Determinism
-    Batch ``k`` (counted from 0 since setup) draws its random numbers (crop offsets, mirror flags)
-    from ``numpy.random.default_rng([seed, 0, k])``; shuffle orders are functions of
-    ``(seed, epoch)`` (``batch_rng``/``stream_rng``).  The layer ``seed`` is drawn from
-    ``caffeish.backend.rng()`` at setup, so ``caffeish.set_random_seed`` fixes it.  Nothing
-    depends on how far the thread has run ahead, so batch ``k`` is the same with prefetching,
-    without it (``layer.prefetch = False``, the class switch ``PrefetchingDataLayer.use_threads``,
-    ``data_param { prefetch: 0 }`` or the environment variable ``CAFFEISH_PREFETCH=0``), and after
-    a resume.
-
-State (``get_state``; JSON-serialisable)
-    ``{"type", "seed", "batch", ...reader position}`` where ``batch`` is the index of the next
-    batch the *net* will consume and the reader position (e.g. ``epoch``, ``pos`` and the shuffle
-    ``order`` in force) is where that batch starts -- not where the thread has read to.
-    ``set_state`` stops the thread and restarts it from there, so a resumed run sees exactly the
-    batches an uninterrupted one would have.
-
-Sharding (data-parallel training, ``caffeish.parallel``)
-    ``layer.set_shard(rank, size)`` makes a layer read every ``size``-th record of its source,
-    starting with record ``rank`` (Caffe 1.0's multi-GPU ``Skip()``): the layer's records are
-    those at offsets ``rank, rank + size, rank + 2 size, ...`` of the stream a single process
-    would read (counted from setup, across epochs), so ``size`` ranks read disjoint records
-    that together cover the source.  Local batch ``k`` of rank ``r`` draws its randoms as
-    batch ``k * size + r`` of that stream.  The state stays valid for any ``size``: rank 0's
-    reader position *is* the global one (the offset is a multiple of ``size`` at every batch
-    boundary) and ``batch`` is the index of the next batch in the single-process count, so
-    a state saved with ``size`` N restarts ``size`` M readers -- or one, unsharded -- from the
-    global position: rank ``r`` seeks there and skips ``r`` records.  Readers give ``skip(n)``
-    (advance ``n`` records without reading them) to be shardable; with ``size`` 1 nothing changes.
-
-Errors
-    An exception in the thread is handed over with its batch index and re-raised on the next
-    ``forward`` as a ``CaffeishError`` naming the layer and the original error.
-
-Threads stop on ``close()``, when the layer is garbage-collected, after an error, and at
-interpreter exit.
+``PrefetchingDataLayer`` (the base of Data, ImageData and HDF5Data) runs a ``Reader`` ahead of the net, with
+the same batches whether it runs ahead or not, after a resume, and split across data-parallel ranks.
 """
 import atexit
 import logging
@@ -278,6 +238,48 @@ class PrefetchingDataLayer(Layer):
     """Base of the data layers that read ahead (Data, ImageData, HDF5Data).
 
     Subclasses give ``make_reader(seed, top) -> (reader, top_shapes)``.
+
+    A data layer is a ``PrefetchingDataLayer`` with a ``Reader``: a sequential source whose
+    ``load_batch(rng)`` returns the next batch (one numpy array per top) and advances.  A daemon
+    thread runs the reader ahead of the net, keeping up to ``data_param.prefetch`` (default 4)
+    finished batches in a bounded queue; in GPU mode it also copies them to the device.
+
+    Determinism
+        Batch ``k`` (counted from 0 since setup) draws its random numbers (crop offsets, mirror flags)
+        from ``numpy.random.default_rng([seed, 0, k])``; shuffle orders are functions of
+        ``(seed, epoch)`` (``batch_rng``/``stream_rng``).  The layer ``seed`` is drawn from
+        ``caffeish.backend.rng()`` at setup, so ``caffeish.set_random_seed`` fixes it.  Nothing
+        depends on how far the thread has run ahead, so batch ``k`` is the same with prefetching,
+        without it (``layer.prefetch = False``, the class switch ``PrefetchingDataLayer.use_threads``,
+        ``data_param { prefetch: 0 }`` or the environment variable ``CAFFEISH_PREFETCH=0``), and after
+        a resume.
+
+    State (``get_state``; JSON-serialisable)
+        ``{"type", "seed", "batch", ...reader position}`` where ``batch`` is the index of the next
+        batch the *net* will consume and the reader position (e.g. ``epoch``, ``pos`` and the shuffle
+        ``order`` in force) is where that batch starts -- not where the thread has read to.
+        ``set_state`` stops the thread and restarts it from there, so a resumed run sees exactly the
+        batches an uninterrupted one would have.
+
+    Sharding (data-parallel training, ``caffeish.parallel``)
+        ``layer.set_shard(rank, size)`` makes a layer read every ``size``-th record of its source,
+        starting with record ``rank`` (Caffe 1.0's multi-GPU ``Skip()``): the layer's records are
+        those at offsets ``rank, rank + size, rank + 2 size, ...`` of the stream a single process
+        would read (counted from setup, across epochs), so ``size`` ranks read disjoint records
+        that together cover the source.  Local batch ``k`` of rank ``r`` draws its randoms as
+        batch ``k * size + r`` of that stream.  The state stays valid for any ``size``: rank 0's
+        reader position *is* the global one (the offset is a multiple of ``size`` at every batch
+        boundary) and ``batch`` is the index of the next batch in the single-process count, so
+        a state saved with ``size`` N restarts ``size`` M readers -- or one, unsharded -- from the
+        global position: rank ``r`` seeks there and skips ``r`` records.  Readers give ``skip(n)``
+        (advance ``n`` records without reading them) to be shardable; with ``size`` 1 nothing changes.
+
+    Errors
+        An exception in the thread is handed over with its batch index and re-raised on the next
+        ``forward`` as a ``CaffeishError`` naming the layer and the original error.
+
+    Threads stop on ``close()``, when the layer is garbage-collected, after an error, and at
+    interpreter exit.
     """
     exact_num_bottom = 0
     has_backward = False
