@@ -85,6 +85,8 @@ class Solver:
         self.on_iteration = None
         #: Objects told of the solver's progress (``add_callback``), in the order added.
         self.callbacks = []
+        #: What runs each forward and backward pass of an iteration (``set_passes``); None: the train net.
+        self.passes = None
         #: The loss this iteration reports; an ``on_gradients_ready`` callback may replace it (data-parallel
         #: training puts the mean over the replicas here).
         self.iteration_loss = 0.0
@@ -104,6 +106,14 @@ class Solver:
             raise CaffeishError(f"add_callback needs an object with on_start/on_gradients_ready/before_snapshot/"
                                 f"after_snapshot methods, or two callables, not {on_start!r}")
         self.callbacks.append(on_start)
+
+    def set_passes(self, passes):
+        """Run each forward and backward pass of an iteration as ``passes.forward_backward(solver)`` (which returns
+        the pass's loss) instead of the train net's own; None restores that.  Data-parallel training runs every
+        replica's pass there (``caffeish.parallel.Replicas``)."""
+        if passes is not None and not callable(getattr(passes, "forward_backward", None)):
+            raise CaffeishError(f"set_passes needs an object with a forward_backward(solver) method, not {passes!r}")
+        self.passes = passes
 
     def _call_back(self, point, *args):
         results = []
@@ -279,10 +289,10 @@ class Solver:
                 break
 
     def forward_backward(self):
-        """One forward and backward pass of the train net (accumulating into the parameter diffs); the loss.
-
-        ``caffeish.parallel.MultiDeviceSolver`` replaces it on its root solver by one pass of every replica.
-        """
+        """One forward and backward pass (accumulating into the parameter diffs): the train net's, or the one
+        ``set_passes`` gave; the loss."""
+        if self.passes is not None:
+            return self.passes.forward_backward(self)
         return self.net.forward_backward()
 
     def _update_smoothed_loss(self, loss, start_iter, average_loss):
