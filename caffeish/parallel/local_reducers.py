@@ -1,11 +1,7 @@
-"""All-reduce between the replicas of one process: NCCL across the GPUs, or a sum in host memory.
+"""Reducers between the replicas of one process: NCCL across the GPUs, or a sum in host memory.
 
-A local reducer sums N same-shaped flat arrays, one per replica, and leaves the sum in every one of
-them (``allreduce(arrays)``).  ``HostReducer`` works on numpy arrays (CPU replicas) and, through host
-copies, on CuPy arrays; ``NCCLReducer`` runs one ``ncclAllReduce`` per GPU between ``groupStart`` and
-``groupEnd``, as Caffe's NCCL-based P2PSync did, each on the stream its replica computes on (so what
-comes next on that GPU waits for it and nothing else does).  ``make_local_reducer`` picks NCCL for
-GPU replicas when CuPy has it.
+Each sums N same-shaped flat arrays, one per replica, leaving the sum in every one of them
+(``allreduce(arrays)``; ``make_local_reducer`` picks one).
 """
 import logging
 
@@ -18,7 +14,31 @@ from .reducers import nccl_available, nccl_type
 log = logging.getLogger("caffeish")
 
 
-class HostReducer:
+class LocalReducer:
+    """A reducer of one process: its sums are complete (for NCCL, queued on the replicas' streams) when ``start``
+    returns, so the non-blocking interface of ``reducers`` (which ``replicas.Replicas`` drives) is trivial here."""
+    name = "local"
+
+    def allreduce(self, arrays):
+        raise NotImplementedError
+
+    def start(self, arrays):
+        self.allreduce(arrays)
+
+    def done(self, handles):
+        return True
+
+    def progress(self, handles):
+        pass
+
+    def finish(self, handle, arrays):
+        pass
+
+    def close(self):
+        pass
+
+
+class HostReducer(LocalReducer):
     """The replicas' arrays summed in host memory (numpy arrays in place; CuPy arrays through host copies)."""
     name = "host"
 
@@ -37,12 +57,14 @@ class HostReducer:
                 with backend.cupy.cuda.Device(device):
                     array.set(total)
 
-    def close(self):
-        pass
 
+class NCCLReducer(LocalReducer):
+    """One NCCL communicator per GPU (``NcclCommunicator.initAll``), all-reduces issued as one group.
 
-class NCCLReducer:
-    """One NCCL communicator per GPU (``NcclCommunicator.initAll``), all-reduces issued as one group."""
+    As Caffe's NCCL-based P2PSync did: one ``ncclAllReduce`` per GPU between ``groupStart`` and
+    ``groupEnd``, each on the stream its replica computes on (so what comes next on that GPU waits for
+    it and nothing else does).
+    """
     name = "NCCL"
 
     def __init__(self, devices):

@@ -1,24 +1,7 @@
 """Data-parallel training on several devices of one process, without MPI (Caffe's P2PSync).
 
-``MultiDeviceSolver(solver, devices=[0, 1])`` (``caffeish train --gpu 0,1``) makes one solver, with its
-own nets, per device -- GPUs, or ``"cpu"`` replicas that train the same way on numpy -- all built from
-the same seed; ``sync_from_root`` gives every replica the root's (replica 0's) weights.  Each replica
-reads its own shard of every TRAIN data source (replica r of N reads records r, r+N, ...: the sharding
-``caffeish.layers.data.prefetch`` gives MPI ranks).  An iteration runs every replica's forward and backward
-passes, sums each gradient over the replicas with a local reducer (``local_reducers``: NCCL between
-GPUs, or host memory), divides it by N and lets every replica apply the same update -- so N replicas
-with batch B train as one solver with ``iter_size`` N on the same records, to float rounding (see
-``caffeish.parallel.trainer`` for why).  The root alone logs, tests and snapshots; its snapshots
-resume on any number of replicas, or on one solver.
-
-Threads.  With GPUs each replica has a thread of its own with its device current (CuPy releases the
-GIL while kernels run, so the replicas' passes overlap).  CPU replicas run one after the other on the
-calling thread by default: numpy's BLAS already spreads each call over the cores, and one thread keeps
-the draws from the shared host generator (Dropout masks) in a fixed order, so runs repeat exactly;
-``threads=True`` runs them on threads too.  The gradients are summed after the backward passes, in
-buckets (``trainer.make_buckets``), not overlapped with them.  Every replica computes on CuPy's default
-stream; the work a replica's thread queues is waited for before the calling thread goes on (and the
-other way round), so nothing depends on how CuPy's per-thread streams are configured.
+``MultiDeviceSolver`` is the in-process front end of ``replicas.Replicas``: a replica per GPU (or per
+``"cpu"`` entry), summed by a local reducer (``local_reducers``).
 """
 import contextlib
 import logging
@@ -29,13 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy
 
 from .. import backend
-from ..layers.data.prefetch import PrefetchingDataLayer
 from ..errors import CaffeishError
 from ..proto import caffe_pb2
 from ..prototxt import read_solver_param
 from ..weights import load_weights
 from .local_reducers import make_local_reducer
-from .trainer import UNSHARDED_SOURCES, bucket_bytes_from_env, make_buckets
+from .replicas import Replicas
 
 log = logging.getLogger("caffeish")
 _quiet = threading.local()
@@ -105,14 +87,31 @@ def check_gpus(gpus, what=None):
                             f"GPU(s) (ids 0..{count - 1}; --gpu all takes every one)")
 
 
-class MultiDeviceSolver:
-    """N synchronous replicas of one solver in this process, one per device (see the module's text).
+class MultiDeviceSolver(Replicas):
+    """N synchronous replicas of one solver in this process, one per device.
+
+    ``MultiDeviceSolver(solver, devices=[0, 1])`` (``caffeish train --gpu 0,1``) makes one solver, with
+    its own nets, per device -- GPUs, or ``"cpu"`` replicas that train the same way on numpy -- all
+    built from the same seed.  An iteration runs every replica's forward and backward passes, sums each
+    gradient over the replicas with a local reducer (NCCL between GPUs, or host memory), divides it by
+    N and lets every replica apply the same update -- so N replicas with batch B train as one solver
+    with ``iter_size`` N on the same records, to float rounding (``Replicas`` says why).  The root
+    alone logs, tests and snapshots; its snapshots resume on any number of replicas, or on one solver.
 
     ``solver``: a solver file or SolverParameter; ``devices``: GPU ids or ``"cpu"`` entries (see
     ``parse_devices``); ``reducer``: "nccl", "host" or None (NCCL for GPUs when CuPy has it);
     ``threads``: one thread per replica (default: with GPUs only).  ``root`` is replica 0's Solver:
     load weights or a snapshot into it (or use ``restore``/``load_weights`` here), call
     ``sync_from_root``, then ``step``/``solve`` here or on ``root``; ``close`` at the end.
+
+    Threads.  With GPUs each replica has a thread of its own with its device current (CuPy releases
+    the GIL while kernels run, so the replicas' passes overlap).  CPU replicas run one after the other
+    on the calling thread by default: numpy's BLAS already spreads each call over the cores, and one
+    thread keeps the draws from the shared host generator (Dropout masks) in a fixed order, so runs
+    repeat exactly; ``threads=True`` runs them on threads too.  The gradients are summed after the
+    backward passes, in buckets, not overlapped with them.  Every replica computes on CuPy's default
+    stream; the work a replica's thread queues is waited for before the calling thread goes on (and
+    the other way round), so nothing depends on how CuPy's per-thread streams are configured.
     """
 
     def __init__(self, solver, devices, *, solver_type=None, level=None, stages=None, dtype=numpy.float32,
@@ -137,7 +136,7 @@ class MultiDeviceSolver:
         if seed < 0:  # every replica gets the same fillers
             seed = int(numpy.random.SeedSequence().generate_state(1, numpy.uint32)[0])
         self.threads = self.gpu if threads is None else bool(threads)
-        self.replicas, self._pools = [], []
+        self.replicas, self._pools, self.reducer = [], [], None
         if _FILTER not in log.filters:
             log.addFilter(_FILTER)
         try:
@@ -147,24 +146,14 @@ class MultiDeviceSolver:
                     if r and self.gpu:  # each GPU its own random stream (Dropout masks differ between replicas)
                         backend.cupy.random.seed(int(numpy.random.SeedSequence([seed, r]).generate_state(1)[0]))
                     self.replicas.append(cls(param, level=level, stages=stages, dtype=dtype, source=source))
-            self.root = self.replicas[0]
-            for replica in self.replicas[1:]:  # the root alone tests
-                for net in replica.test_nets:
-                    net.close()
-                replica.test_nets = []
-            self.sharded = self._shard_train_data()
             self.reducer = make_local_reducer(self.devices, reducer)
+            super().__init__(self.replicas, self.reducer, bucket_bytes=bucket_bytes)
         except BaseException:
             self.close()
             raise
         if self.threads:
             self._pools = [ThreadPoolExecutor(1, f"caffeish-replica-{r}", self._thread_init, (r,))
                            for r in range(self.size)]
-        self.bucket_bytes = bucket_bytes_from_env() if bucket_bytes is None else float(bucket_bytes)
-        self.buckets = [make_buckets(replica.net, self.bucket_bytes) for replica in self.replicas]
-        self._passes = 0
-        self.root.forward_backward = self._forward_backward
-        self.root.add_callback(self)
         self._log_setup()
 
     # -- devices and threads -------------------------------------------------------------------------------------
@@ -177,13 +166,12 @@ class MultiDeviceSolver:
         with self._device(r), _quietly(r > 0):
             yield
 
+    def on(self, i):
+        return self._on(i)
+
     def _thread_init(self, r):
         if self.gpu:
             backend.cupy.cuda.Device(self.devices[r]).use()
-
-    def _call(self, r, fn):
-        with self._on(r):
-            return fn(self.replicas[r])
 
     def _call_synced(self, r, fn):
         """On a replica's thread: ``fn``, then wait for the GPU work it queued (the next step runs elsewhere)."""
@@ -200,13 +188,14 @@ class MultiDeviceSolver:
                 with self._device(r):
                     backend.cupy.cuda.get_current_stream().synchronize()
 
-    def _map(self, fn, ranks=None):
-        """``fn(replica)`` for each replica of ``ranks`` (all by default), on its device: their results."""
-        ranks = range(self.size) if ranks is None else ranks
+    def map(self, fn, indices=None):
+        """``fn(replica)`` for each replica of ``indices`` (all by default), on its device (and, with threads, on
+        its thread): their results."""
         if not self._pools:
-            return [self._call(r, fn) for r in ranks]
+            return super().map(fn, indices)
+        indices = range(self.size) if indices is None else indices
         self._synchronize()
-        futures = [self._pools[r].submit(self._call_synced, r, fn) for r in ranks]
+        futures = [self._pools[r].submit(self._call_synced, r, fn) for r in indices]
         errors = [f.exception() for f in futures]  # wait for every one before raising
         for error in errors:
             if error is not None:
@@ -214,50 +203,19 @@ class MultiDeviceSolver:
         return [f.result() for f in futures]
 
     # -- set-up ------------------------------------------------------------------------------------------------------
-    def _shard_train_data(self):
-        sharded = []
-        for r, replica in enumerate(self.replicas):
-            for layer in replica.net.layers:
-                if isinstance(layer, PrefetchingDataLayer):
-                    layer.set_shard(r, self.size)
-                    if r == 0:
-                        sharded.append(layer)
-                elif r == 0 and self.size > 1 and layer.type in UNSHARDED_SOURCES and not layer.param.bottom:
-                    log.warning("Layer %s (%s) is not sharded: every replica reads the same data from it",
-                                layer.name, layer.type)
-        return sharded
-
     def _log_setup(self):
         where = f"GPUs {', '.join(map(str, self.devices))}" if self.gpu else f"{self.size} CPU replicas"
-        megabytes = sum(b.nbytes for b in self.buckets[0]) / 2 ** 20
+        megabytes = sum(b.nbytes for b in self.buckets) / 2 ** 20
         log.info("Data-parallel training in this process on %s: gradients (%.3g MB) are summed with %s all-reduce "
                  "in %d bucket(s) after the backward passes; replicas run %s", where, megabytes, self.reducer.name,
-                 len(self.buckets[0]), "on a thread each" if self.threads else "one after the other")
-        batch = int(self.root.net.top_vecs[self.root.net.layers.index(self.sharded[0])][0].shape[0]) \
-            if self.sharded else 0
-        iters = self.root.param.iter_size
+                 len(self.buckets), "on a thread each" if self.threads else "one after the other")
+        batch = self.batch_size() if self.sharded else 0
+        iters = self.iter_size
         log.info("Effective batch: %d replicas x batch_size %d x iter_size %d = %d (as one solver with iter_size %d)",
                  self.size, batch, iters, self.size * batch * iters, self.size * iters)
         for layer in self.sharded:
             log.info("TRAIN data layer %s (%s) is sharded: replica r reads records r, r+%d, r+%d, ...", layer.name,
                      layer.type, self.size, 2 * self.size)
-
-    def sync_from_root(self, resumed=False):
-        """The root's weights (and, resuming, its history, iteration and data positions) on every replica."""
-        root = self.root
-        hosts = [backend.to_cpu(b.data) for b in root.net.learnable_params]
-        history = [backend.to_cpu(b.data) for b in root.history] if resumed else []
-        train = root.resume_state()["train"] if resumed else None
-
-        def take(replica):
-            for blob, host in zip(replica.net.learnable_params, hosts):
-                blob.data[...] = backend.to_current(host, blob.dtype)
-            for blob, host in zip(replica.history, history):
-                blob.data[...] = backend.to_current(host, blob.dtype)
-            replica.iter, replica.current_step = root.iter, root.current_step
-            if train is not None:
-                replica.set_resume_state({"train": train})
-        self._map(take, range(1, self.size))
 
     def restore(self, path):
         """Resume from a .solverstate (of any number of replicas, or of one solver)."""
@@ -271,31 +229,6 @@ class MultiDeviceSolver:
             for net in [self.root.net] + self.root.test_nets:
                 load_weights(net, path)
         self.sync_from_root()
-
-    # -- an iteration ----------------------------------------------------------------------------------------------
-    def _forward_backward(self):
-        """The root's forward and backward pass, replaced: every replica's, on its own device; their mean loss."""
-        if self._passes == 0:  # the root's step cleared its own diffs
-            self._map(lambda replica: replica.net.clear_param_diffs(), range(1, self.size))
-        self._passes += 1
-        losses = self._map(lambda replica: replica.net.forward_backward())
-        return float(sum(losses)) / self.size
-
-    def on_gradients_ready(self):
-        """Sum each gradient over the replicas, divide by N; the replicas other than the root update here."""
-        scale = 1.0 / self.size
-        for k in range(len(self.buckets[0])):
-            arrays = [self._call(r, lambda _, b=self.buckets[r][k]: b.gather()) for r in range(self.size)]
-            self.reducer.allreduce(arrays)
-            for r in range(self.size):
-                self._call(r, lambda _, b=self.buckets[r][k]: b.scatter(scale))
-        root = self.root
-
-        def update(replica):
-            replica.iter, replica.current_step = root.iter, root.current_step
-            replica.apply_update()
-        self._map(update, range(1, self.size))
-        self._passes = 0
 
     # -- training ---------------------------------------------------------------------------------------------------
     def step(self, iters):
@@ -313,8 +246,9 @@ class MultiDeviceSolver:
             return self.root.snapshot()
 
     @property
-    def net(self):
-        return self.root.net
+    def root(self):
+        """Replica 0's Solver."""
+        return self.solver
 
     @property
     def test_nets(self):
@@ -341,9 +275,8 @@ class MultiDeviceSolver:
         for pool in self._pools:
             pool.shutdown(wait=True)
         self._pools = []
-        reducer = getattr(self, "reducer", None)
-        if reducer is not None:
-            reducer.close()
+        if self.reducer is not None:
+            self.reducer.close()
             self.reducer = None
 
     def __enter__(self):

@@ -1,15 +1,7 @@
-"""All-reduce backends for the gradient buckets: MPI on host arrays, NCCL on GPU arrays.
+"""Reducers across MPI ranks for the gradient buckets: MPI on host arrays, NCCL on GPU arrays.
 
-A reducer sums a flat array over the ranks in place, without blocking: ``start(array)`` returns a
-handle, ``done(handles)`` tests (and, for MPI, drives progress), ``finish(handle, array)`` makes the
-result visible to what runs next.  For MPI a thread drives the progress engine while all-reduces
-are in flight (``_ProgressThread``): without it they advance only when the next layer's hook
-calls into MPI.
-
-``NCCLReducer`` (``--gpu`` under MPI): one communicator over the job, bootstrapped with a unique id
-that rank 0 makes and broadcasts over MPI; each all-reduce runs on a stream of its own after an event
-recorded on the compute stream, so it overlaps the rest of the backward pass.  It is written for
-CuPy's ``cupy.cuda.nccl`` and has NOT been run here (no GPU on the machines this was written on).
+Each sums the one flat array of a rank's replica over the ranks, in place, without blocking
+(the interface ``replicas.Replicas`` drives; ``make_reducer`` picks one).
 """
 import os
 import threading
@@ -55,7 +47,13 @@ def progress_thread_wanted(MPI):
 
 
 class MPIReducer:
-    """``MPI_Iallreduce(MPI_IN_PLACE, ..., MPI_SUM)`` on host (numpy) arrays."""
+    """``MPI_Iallreduce(MPI_IN_PLACE, ..., MPI_SUM)`` on host (numpy) arrays.
+
+    ``start(arrays)`` (``arrays``: the one array of this rank's replica) returns a handle,
+    ``done(handles)`` tests (and drives progress), ``finish(handle, arrays)`` makes the sum visible
+    to what runs next.  A thread drives MPI's progress engine while all-reduces are in flight
+    (``_ProgressThread``): without it they advance only when the next layer's hook calls into MPI.
+    """
     name = "MPI"
 
     def __init__(self, world):
@@ -64,7 +62,8 @@ class MPIReducer:
         wanted = world.all_agree(progress_thread_wanted(self.MPI), "the progress thread agreement")
         self.pump = _ProgressThread(world.world.Dup(), self.MPI) if wanted else None
 
-    def start(self, array):
+    def start(self, arrays):
+        (array,) = arrays
         request = self.world.comm.Iallreduce(self.MPI.IN_PLACE, array, op=self.MPI.SUM)
         if self.pump is not None:
             self.pump.active.set()
@@ -77,7 +76,7 @@ class MPIReducer:
         if handles:
             self.MPI.Request.Testall(handles)
 
-    def finish(self, handle, array):
+    def finish(self, handle, arrays):
         if self.pump is not None:
             self.pump.active.clear()
 
@@ -90,15 +89,15 @@ class HostStagingReducer(MPIReducer):
         super().__init__(world)
         self.host = {}
 
-    def start(self, array):
-        host = backend.to_cpu(array)
-        request = super().start(host)
+    def start(self, arrays):
+        host = backend.to_cpu(arrays[0])
+        request = super().start([host])
         self.host[id(request)] = host
         return request
 
-    def finish(self, handle, array):
-        super().finish(handle, array)
-        array[...] = backend.cupy.asarray(self.host.pop(id(handle)))
+    def finish(self, handle, arrays):
+        super().finish(handle, arrays)
+        arrays[0][...] = backend.cupy.asarray(self.host.pop(id(handle)))
 
 
 def nccl_type(nccl, dtype):
@@ -109,7 +108,13 @@ def nccl_type(nccl, dtype):
 
 
 class NCCLReducer:
-    """ncclAllReduce (sum) on a communication stream of its own; untested here (no GPU)."""
+    """ncclAllReduce (sum) on a communication stream of its own (``--gpu`` under MPI).
+
+    One communicator over the job, bootstrapped with a unique id that rank 0 makes and broadcasts
+    over MPI; each all-reduce runs on a stream of its own after an event recorded on the compute
+    stream, so it overlaps the rest of the backward pass.  It is written for CuPy's
+    ``cupy.cuda.nccl`` and has NOT been run here (no GPU on the machines this was written on).
+    """
     name = "NCCL"
 
     def __init__(self, world):
@@ -122,7 +127,8 @@ class NCCLReducer:
         self.stream = cupy.cuda.Stream(non_blocking=True)
         world.on_abort.append(self.comm.abort)
 
-    def start(self, array):
+    def start(self, arrays):
+        (array,) = arrays
         ready = self.cupy.cuda.get_current_stream().record()
         self.stream.wait_event(ready)
         self.comm.allReduce(array.data.ptr, array.data.ptr, array.size, nccl_type(self.nccl, array.dtype),
@@ -135,7 +141,7 @@ class NCCLReducer:
     def progress(self, handles):
         pass
 
-    def finish(self, handle, array):
+    def finish(self, handle, arrays):
         self.cupy.cuda.get_current_stream().wait_event(handle)
 
 
