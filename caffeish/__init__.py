@@ -5,8 +5,9 @@ pycaffe scripts: ``caffe.Net(prototxt, caffe.TEST)``, ``caffe.set_mode_cpu()``.
 """
 import os as _os
 
-# OpenBLAS's idle threads otherwise spin ~0.1 s after every call, beside our element-wise threads
-# (see caffeish.cpu.threads); read when numpy loads OpenBLAS, so set before numpy is imported.
+# Keeps OpenBLAS's idle threads from spinning (~0.1 s by default) after every call, beside our element-wise
+# threads (see caffeish.cpu.threads, and bench/README.md, Tuning history); read when numpy loads OpenBLAS, so
+# set before numpy is imported.
 _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "12")
 
 from . import layers  # noqa: E402  # registers every layer type; also NetSpec's L (see layers/__init__.py)

@@ -1,3 +1,4 @@
+"""``python -m caffeish``: the ``caffeish`` command line (``caffeish.cli``)."""
 import sys
 
 from .cli import main

@@ -1,10 +1,5 @@
-"""Blob: the N-D array pair (data, diff) that layers read and write.
-
-Storage follows Caffe's Blob: a flat buffer with a capacity; ``reshape`` to a
-shape that fits keeps the buffer (and any sharing), a larger one allocates a new
-buffer.  ``share_data``/``share_diff`` point this blob at another's buffer, which
-is how weight sharing and in-place views work.  ``diff`` is allocated on first
-use, so inference never pays for it.
+"""Blob, the N-D array pair (data, diff) that layers read and write, and the memory limit a net's blobs are
+checked against (``memory_limit``: ``CAFFEISH_MEMORY_LIMIT``, else the GPU's or the machine's memory).
 """
 import math
 import os
@@ -62,6 +57,15 @@ class _Buffer:
 
 
 class Blob:
+    """Blob: the N-D array pair (data, diff) that layers read and write.
+
+    Storage follows Caffe's Blob: a flat buffer with a capacity; ``reshape`` to a
+    shape that fits keeps the buffer (and any sharing), a larger one allocates a new
+    buffer.  ``share_data``/``share_diff`` point this blob at another's buffer, which
+    is how weight sharing and in-place views work.  ``diff`` is allocated on first
+    use, so inference never pays for it.
+    """
+
     def __init__(self, shape=(), dtype=numpy.float32, name=""):
         self.name = name
         self.dtype = numpy.dtype(dtype)

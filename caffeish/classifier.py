@@ -1,9 +1,5 @@
-"""pycaffe's Classifier: a Net that scores images, by centre crop or by 10 oversampled crops.
-
-``Classifier(model_file, pretrained_file, image_dims=None, mean=None, input_scale=None,
-raw_scale=None, channel_swap=None)`` builds the TEST net with its weights and a ``Transformer``
-for its first input (transpose (2, 0, 1), then the options given).  ``predict(inputs, oversample=True)``
-takes H x W x K images (as ``caffeish.io.load_image`` gives them) and returns N x classes scores.
+"""pycaffe's Classifier: a Net that scores images, by centre crop or by 10 oversampled crops; and
+``image_transformer``, the input preprocessing it shares with the Detector.
 """
 import numpy
 
@@ -36,7 +32,13 @@ def image_transformer(net, what, mean, input_scale, raw_scale, channel_swap):
 
 
 class Classifier(Net):
-    """A Net that classifies images: resize to ``image_dims``, crop to the input size, preprocess, forward."""
+    """A Net that classifies images: resize to ``image_dims``, crop to the input size, preprocess, forward.
+
+    ``Classifier(model_file, pretrained_file, image_dims=None, mean=None, input_scale=None,
+    raw_scale=None, channel_swap=None)`` builds the TEST net with its weights and a ``Transformer``
+    for its first input (transpose (2, 0, 1), then the options given).  ``predict(inputs, oversample=True)``
+    takes H x W x K images (as ``caffeish.io.load_image`` gives them) and returns N x classes scores.
+    """
 
     def __init__(self, model_file, pretrained_file, image_dims=None, mean=None, input_scale=None, raw_scale=None,
                  channel_swap=None):

@@ -1,13 +1,6 @@
 """pycaffe's ``caffe.coord_map``: how spatial coordinates map between the tops of a NetSpec, and the Crop
 layer that aligns two of them (what fully convolutional nets use to cut an upsampled score map back to the
 input's size).
-
-A map is ``(axis, a, b)``: a coordinate ``x`` of the later top is ``a * x + b`` in the earlier one, for the
-spatial axes from ``axis`` on (``None``: the layer keeps every axis).  ``a`` and ``b`` are arrays, one value
-per spatial axis (or one for all).  A convolution of kernel ``k`` (dilated: ``(k - 1) * d + 1``), stride
-``s`` and pad ``p`` maps its output ``x`` to input ``s * x + (k - 1) / 2 - p`` (the centre of its window),
-so the map from input to output is ``a = 1 / s``, ``b = (p - (k - 1) / 2) / s``; a deconvolution is the
-inverse; Crop shifts by its offset; element-wise layers are the identity.
 """
 import numpy
 
@@ -55,7 +48,15 @@ def crop_params(fn):
 
 
 def coord_map(fn):
-    """The map ``(axis, a, b)`` from ``fn``'s bottom to its top coordinates."""
+    """The map ``(axis, a, b)`` from ``fn``'s bottom to its top coordinates.
+
+    A map is ``(axis, a, b)``: a coordinate ``x`` of the later top is ``a * x + b`` in the earlier one, for the
+    spatial axes from ``axis`` on (``None``: the layer keeps every axis).  ``a`` and ``b`` are arrays, one value
+    per spatial axis (or one for all).  A convolution of kernel ``k`` (dilated: ``(k - 1) * d + 1``), stride
+    ``s`` and pad ``p`` maps its output ``x`` to input ``s * x + (k - 1) / 2 - p`` (the centre of its window),
+    so the map from input to output is ``a = 1 / s``, ``b = (p - (k - 1) / 2) / s``; a deconvolution is the
+    inverse; Crop shifts by its offset; element-wise layers are the identity.
+    """
     if fn.type_name in ("Convolution", "Pooling", "Im2col"):
         axis, stride, ks, pad = conv_params(fn)
         return axis, 1 / stride, (pad - (ks - 1) / 2) / stride

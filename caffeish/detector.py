@@ -1,11 +1,5 @@
-"""pycaffe's Detector: classify windows of images (R-CNN style), each warped to the net's input size.
-
-``Detector(model_file, pretrained_file, mean=None, input_scale=None, raw_scale=None,
-channel_swap=None, context_pad=None)``; ``detect_windows([(filename, windows), ...])`` with windows
-as ``(ymin, xmin, ymax, xmax)`` rows (the end rows/columns excluded, as pycaffe slices them) returns
-one ``{'window', 'prediction', 'filename'}`` dict per window.  With ``context_pad`` each window is
-grown so that ``context_pad`` pixels of the warped input are context around it, padded with the mean
-where it leaves the image, as R-CNN feature extraction does.
+"""pycaffe's Detector: classify windows of images (R-CNN style), each warped to the net's input size,
+optionally with context padding around it.
 """
 import os
 
@@ -18,7 +12,15 @@ from .net import TEST, Net
 
 
 class Detector(Net):
-    """A Net that scores windows of images."""
+    """A Net that scores windows of images.
+
+    ``Detector(model_file, pretrained_file, mean=None, input_scale=None, raw_scale=None,
+    channel_swap=None, context_pad=None)``; ``detect_windows([(filename, windows), ...])`` with windows
+    as ``(ymin, xmin, ymax, xmax)`` rows (the end rows/columns excluded, as pycaffe slices them) returns
+    one ``{'window', 'prediction', 'filename'}`` dict per window.  With ``context_pad`` each window is
+    grown so that ``context_pad`` pixels of the warped input are context around it, padded with the mean
+    where it leaves the image, as R-CNN feature extraction does.
+    """
 
     def __init__(self, model_file, pretrained_file, mean=None, input_scale=None, raw_scale=None,
                  channel_swap=None, context_pad=None):

@@ -1,16 +1,6 @@
-"""OpenCV's image arithmetic in numpy, bit for bit: the resize and grey conversions Caffe's C++ gets.
-
-Caffe reads images with ``cv::imread``/``cv::imdecode`` and resizes them with ``cv::resize``
-(bilinear, no antialiasing).  These functions reproduce those pixels exactly:
-
-* ``resize_linear``: ``cv::resize(src, dst, Size(width, height))`` with INTER_LINEAR, OpenCV's
-  fixed-point path for 8-bit images (and its float path for float32/float64).
-* ``bgr_to_gray`` / ``rgb_to_gray``: ``cv::cvtColor`` with COLOR_BGR2GRAY / COLOR_RGB2GRAY.
-* ``codec_gray`` / ``libpng_gray``: what ``cv::imread(..., IMREAD_GRAYSCALE)`` makes of a colour file.
-  OpenCV's own decoders (BMP, TIFF, PxM, ...) use 14-bit weights; for PNG, libpng does the
-  conversion (15-bit weights, truncated, in linear light when the file has a gAMA or sRGB chunk);
-  for JPEG, libjpeg hands over the luma plane (decode straight to grey, see ``caffeish.io``); WebP
-  goes through ``cvtColor``.
+"""OpenCV's image arithmetic in numpy, bit for bit: the resize (``resize_linear``, ``cv::resize``) and the grey
+conversions (``rgb_to_gray``/``bgr_to_gray``, ``cv::cvtColor``; ``codec_gray``/``libpng_gray``, ``cv::imread``
+of a colour file as grey) that Caffe's C++ gets when it reads images with ``cv::imread``/``cv::imdecode``.
 
 Images are numpy arrays, H x W or H x W x C (channels last, as OpenCV keeps them).
 """
@@ -159,6 +149,12 @@ def codec_gray(rgb):
     """Grey as OpenCV's own image decoders make it (BMP, TIFF, PxM, ... read with IMREAD_GRAYSCALE).
 
     gray = (4899 R + 9617 G + 1868 B + 2^13) >> 14, for uint8 H x W x 3 (or x 4) RGB.
+
+    What ``cv::imread(..., IMREAD_GRAYSCALE)`` makes of a colour file depends on the format: OpenCV's own
+    decoders (BMP, TIFF, PxM, ...) use these 14-bit weights; for PNG, libpng does the conversion
+    (``libpng_gray``: 15-bit weights, truncated, in linear light when the file has a gAMA or sRGB chunk);
+    for JPEG, libjpeg hands over the luma plane (decode straight to grey, see ``caffeish.io``); WebP goes
+    through ``cvtColor`` (``rgb_to_gray``).
     """
     rgb = _color(rgb, "codec_gray")
     return _weighted(rgb[..., 0], rgb[..., 1], rgb[..., 2], GRAY_WEIGHTS_14, 14).astype(numpy.uint8)

@@ -1,13 +1,5 @@
 """pycaffe's ``caffe.NCCL``: synchronous data-parallel training across processes that pycaffe scripts start
 themselves (Caffe's python/train.py): one solver per process, gradients summed and averaged every iteration.
-
-Each process calls ``caffe.set_solver_count(N)`` and ``caffe.set_solver_rank(r)``, builds its solver, then
-``nccl = caffe.NCCL(solver, uid)`` with a ``uid`` from ``caffe.NCCL.new_uid()`` made once by the parent,
-``nccl.bcast()`` (every rank starts from rank 0's weights) and ``solver.add_callback(nccl)``.  Each rank's
-TRAIN data layers read their own shard (rank r reads records r, r + N, ...), as in ``caffeish train`` with
-MPI.  The processes meet over a local socket named by the uid and reduce through rank 0 in rank order, so
-every run gives the same sums; arrays on a GPU go through host memory.  For many GPUs on one machine
-``caffeish train --gpu 0,1,...`` (NCCL proper, through CuPy) is the faster road.
 """
 import os
 import socket
@@ -31,7 +23,16 @@ def has_nccl():
 
 
 class NCCL:
-    """``NCCL(solver, uid)``: this process's seat in a group of ``caffe.solver_count()`` solvers."""
+    """``NCCL(solver, uid)``: this process's seat in a group of ``caffe.solver_count()`` solvers.
+
+    Each process calls ``caffe.set_solver_count(N)`` and ``caffe.set_solver_rank(r)``, builds its solver, then
+    ``nccl = caffe.NCCL(solver, uid)`` with a ``uid`` from ``caffe.NCCL.new_uid()`` made once by the parent,
+    ``nccl.bcast()`` (every rank starts from rank 0's weights) and ``solver.add_callback(nccl)``.  Each rank's
+    TRAIN data layers read their own shard (rank r reads records r, r + N, ...), as in ``caffeish train`` with
+    MPI.  The processes meet over a local socket named by the uid and reduce through rank 0 in rank order, so
+    every run gives the same sums; arrays on a GPU go through host memory.  For many GPUs on one machine
+    ``caffeish train --gpu 0,1,...`` (NCCL proper, through CuPy) is the faster road.
+    """
 
     def __init__(self, solver, uid):
         if not isinstance(uid, (bytes, bytearray)) or not bytes(uid).startswith(b"caffeish-nccl-"):

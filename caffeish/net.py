@@ -1,9 +1,5 @@
-"""Net: a directed graph of layers built from a NetParameter, run forward and backward.
-
-Building follows Caffe's Net::Init: filter layers by the NetState, insert Split
-layers for fan-out, wire bottoms and tops (in place when a top names its
-bottom), set each layer up, share parameters by ParamSpec name, then walk the
-graph backwards to find which layers contribute to a loss and need backward.
+"""Net: a directed graph of layers built from a NetParameter, run forward and backward (Caffe's Net; pycaffe's
+conveniences come from ``caffeish.pycaffe``).
 """
 import logging
 import os
@@ -59,6 +55,11 @@ class Net(PycaffeNet):
     ``Net(model, phase)``, ``Net(model, weights, phase)`` or
     ``Net(model, phase, level=0, stages=(), weights=None)``, where ``model`` is a
     prototxt path, prototxt text or a ``caffe_pb2.NetParameter``.
+
+    Building follows Caffe's Net::Init: filter layers by the NetState, insert Split
+    layers for fan-out, wire bottoms and tops (in place when a top names its
+    bottom), set each layer up, share parameters by ParamSpec name, then walk the
+    graph backwards to find which layers contribute to a loss and need backward.
     """
     def __init__(self, model, *args, phase=None, level=None, stages=None, weights=None,
                  dtype=numpy.float32, debug_info=None, source_dir=None):

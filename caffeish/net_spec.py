@@ -1,42 +1,6 @@
-"""pycaffe's net_spec: write a net in Python, get a ``NetParameter``.
-
-::
-
-    from caffeish import caffe_pb2
-    from caffeish.net_spec import NetSpec, layers as L, params as P
-
-    n = NetSpec()
-    n.data, n.label = L.Data(source="train_lmdb", batch_size=64, backend=P.Data.LMDB, ntop=2,
-                             transform_param=dict(scale=1 / 256.), include=dict(phase=caffe_pb2.TRAIN))
-    n.conv1 = L.Convolution(n.data, kernel_size=5, num_output=20, weight_filler=dict(type="xavier"))
-    n.relu1 = L.ReLU(n.conv1, in_place=True)
-    n.loss = L.SoftmaxWithLoss(n.relu1, n.label)
-    net_param = n.to_proto()
-
-Keyword arguments are routed by the schema (``caffe_pb2`` descriptors), not by a hand-kept table:
-
-- ``ntop`` (default 1) is the number of tops: 1 returns a ``Top``, more a tuple, 0 the layer itself;
-  ``in_place=True`` makes the tops the bottoms (``ReLU``, ``Dropout``...).
-- ``param``, ``transform_param`` and every other ``*_param``, and the other LayerParameter fields
-  (``name``, ``phase``, ``loss_weight``, ``propagate_down``, ``include``, ``exclude``, ``blobs``) set the layer.
-- Any other keyword is a field of the layer type's own message, found as pycaffe finds it: a
-  ``FooParameter`` message held in ``foo_param`` belongs to type ``Foo`` (``Convolution`` ->
-  ``convolution_param``, ``InnerProduct`` -> ``inner_product_param``). A few types also read messages
-  named after other types, as Caffe's layers do: ``Deconvolution`` reads ``convolution_param``, ``RNN`` and
-  ``LSTM`` read ``recurrent_param``, every ``*Loss`` type reads ``loss_param``, and ``SoftmaxWithLoss``
-  reads ``softmax_param``. An unknown keyword is a ``CaffeishError`` that lists the fields there are.
-- Values: a dict fills a message, a list fills a repeated field (a single value is taken as a list of
-  one), enums take their number (``P.Pooling.MAX``, ``caffe_pb2.TRAIN``) or their name (``"MAX"``).
-
-Names follow pycaffe: a top is named by the ``NetSpec`` attribute it is assigned to, a layer by its first
-top (an in-place layer, ``n.relu1 = L.ReLU(n.ip1, in_place=True)``, is layer ``relu1`` writing blob
-``ip1``), and whatever is left unnamed becomes ``<Type><N>`` (``Convolution1``, ``Convolution2``...).
-``name="..."`` sets a layer's name explicitly. ``to_proto`` lists layers in dependency order.
-
-Alternatives: assigning a list of tops from different layers, ``n.data = [train_data, test_data]``, gives
-them all that one name, and the other tops of those layers follow their position in the first layer. This
-writes the usual pair of phase-specific data layers (``include=dict(phase=...)``) feeding one net; using
-the list as a bottom reads the shared blob.
+"""pycaffe's net_spec: write a net in Python, get a ``NetParameter``.  ``NetSpec`` names the tops, ``layers``
+(``L``) makes a layer of any type from keyword arguments routed by the ``caffe_pb2`` schema, ``params`` (``P``)
+gives the enums; ``write_generated`` is the command line of a script that writes prototxt files.
 """
 import difflib
 from collections import Counter, OrderedDict
@@ -378,7 +342,31 @@ def _check_value(value, where):
 
 
 class NetSpec:
-    """Named tops: assign ``n.conv1 = L.Convolution(...)``; ``to_proto()`` writes every layer they need."""
+    """Named tops: assign ``n.conv1 = L.Convolution(...)``; ``to_proto()`` writes every layer they need.
+
+    ::
+
+        from caffeish import caffe_pb2
+        from caffeish.net_spec import NetSpec, layers as L, params as P
+
+        n = NetSpec()
+        n.data, n.label = L.Data(source="train_lmdb", batch_size=64, backend=P.Data.LMDB, ntop=2,
+                                 transform_param=dict(scale=1 / 256.), include=dict(phase=caffe_pb2.TRAIN))
+        n.conv1 = L.Convolution(n.data, kernel_size=5, num_output=20, weight_filler=dict(type="xavier"))
+        n.relu1 = L.ReLU(n.conv1, in_place=True)
+        n.loss = L.SoftmaxWithLoss(n.relu1, n.label)
+        net_param = n.to_proto()
+
+    Names follow pycaffe: a top is named by the ``NetSpec`` attribute it is assigned to, a layer by its first
+    top (an in-place layer, ``n.relu1 = L.ReLU(n.ip1, in_place=True)``, is layer ``relu1`` writing blob
+    ``ip1``), and whatever is left unnamed becomes ``<Type><N>`` (``Convolution1``, ``Convolution2``...).
+    ``name="..."`` sets a layer's name explicitly. ``to_proto`` lists layers in dependency order.
+
+    Alternatives: assigning a list of tops from different layers, ``n.data = [train_data, test_data]``, gives
+    them all that one name, and the other tops of those layers follow their position in the first layer. This
+    writes the usual pair of phase-specific data layers (``include=dict(phase=...)``) feeding one net; using
+    the list as a bottom reads the shared blob.
+    """
 
     def __init__(self):
         object.__setattr__(self, "tops", OrderedDict())
@@ -437,7 +425,23 @@ class _NameError(CaffeishError, AttributeError):
 
 
 class Layers:
-    """``layers.Convolution(bottom, **kwargs)``: any attribute is a layer type."""
+    """``layers.Convolution(bottom, **kwargs)``: any attribute is a layer type.
+
+    Keyword arguments are routed by the schema (``caffe_pb2`` descriptors), not by a hand-kept table:
+
+    - ``ntop`` (default 1) is the number of tops: 1 returns a ``Top``, more a tuple, 0 the layer itself;
+      ``in_place=True`` makes the tops the bottoms (``ReLU``, ``Dropout``...).
+    - ``param``, ``transform_param`` and every other ``*_param``, and the other LayerParameter fields
+      (``name``, ``phase``, ``loss_weight``, ``propagate_down``, ``include``, ``exclude``, ``blobs``) set the layer.
+    - Any other keyword is a field of the layer type's own message, found as pycaffe finds it: a
+      ``FooParameter`` message held in ``foo_param`` belongs to type ``Foo`` (``Convolution`` ->
+      ``convolution_param``, ``InnerProduct`` -> ``inner_product_param``). A few types also read messages
+      named after other types, as Caffe's layers do: ``Deconvolution`` reads ``convolution_param``, ``RNN`` and
+      ``LSTM`` read ``recurrent_param``, every ``*Loss`` type reads ``loss_param``, and ``SoftmaxWithLoss``
+      reads ``softmax_param``. An unknown keyword is a ``CaffeishError`` that lists the fields there are.
+    - Values: a dict fills a message, a list fills a repeated field (a single value is taken as a list of
+      one), enums take their number (``P.Pooling.MAX``, ``caffe_pb2.TRAIN``) or their name (``"MAX"``).
+    """
 
     def __getattr__(self, type_name):
         if type_name.startswith("__"):

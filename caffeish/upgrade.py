@@ -1,22 +1,8 @@
-"""Caffe's upgrade path for old net and solver files (``src/caffe/util/upgrade_proto.cpp``).
+"""Caffe's upgrade path for old net and solver files (``src/caffe/util/upgrade_proto.cpp``): ``upgrade_net`` and
+``upgrade_solver`` bring a NetParameter or SolverParameter to the current format, logging what they upgraded.
 
-A NetParameter is brought to the current format in Caffe's order, each step logging one INFO
-line that says what it upgraded and in which file:
-
-1. V0 layers (``layers { layer { type: "conv" kernelsize: 5 } bottom: .. top: .. }``) become V1
-   layers; ``padding`` layers are folded into the ``pad`` of the convolution or pooling they feed.
-2. The deprecated data-transformation fields of V1 Data, ImageData and WindowData layers
-   (``data_param { scale mean_file crop_size mirror }``) move into ``transform_param``.
-3. V1 layers (``layers { type: CONVOLUTION blobs_lr: 1 weight_decay: 1 }``) become ``layer``
-   entries (``type: "Convolution" param { lr_mult: 1 decay_mult: 1 }``).
-4. The net-level ``input``/``input_shape``/``input_dim`` fields become an Input layer named "input".
-5. BatchNorm layers that declare three ParamSpecs (the old way of freezing their statistics) lose
-   them, or keep their names with lr_mult and decay_mult 0 where a name shares them.
-
-``upgrade_net`` never changes its argument: it returns the argument itself when nothing needs
-upgrading, else an upgraded copy.  ``upgrade_solver`` moves the deprecated ``solver_type`` enum into
-``type`` (and upgrades the nets written inside the solver).  Where Caffe would crash (LOG(FATAL)),
-or would silently drop part of the file, these raise one ``CaffeishError`` paragraph instead.
+Where Caffe would crash (LOG(FATAL)), or would silently drop part of the file, these raise one ``CaffeishError``
+paragraph instead.
 """
 import difflib
 import logging
@@ -165,6 +151,19 @@ def upgrade_net(param, source=None, *, weights=False):
     is).  ``source`` names the file in the log lines and errors.  ``weights=True`` says ``param``
     holds trained weights (a .caffemodel): net-level ``input`` fields without shapes are then
     dropped, as Caffe drops them, instead of being an error.
+
+    A NetParameter is brought to the current format in Caffe's order, each step logging one INFO
+    line that says what it upgraded and in which file:
+
+    1. V0 layers (``layers { layer { type: "conv" kernelsize: 5 } bottom: .. top: .. }``) become V1
+       layers; ``padding`` layers are folded into the ``pad`` of the convolution or pooling they feed.
+    2. The deprecated data-transformation fields of V1 Data, ImageData and WindowData layers
+       (``data_param { scale mean_file crop_size mirror }``) move into ``transform_param``.
+    3. V1 layers (``layers { type: CONVOLUTION blobs_lr: 1 weight_decay: 1 }``) become ``layer``
+       entries (``type: "Convolution" param { lr_mult: 1 decay_mult: 1 }``).
+    4. The net-level ``input``/``input_shape``/``input_dim`` fields become an Input layer named "input".
+    5. BatchNorm layers that declare three ParamSpecs (the old way of freezing their statistics) lose
+       them, or keep their names with lr_mult and decay_mult 0 where a name shares them.
     """
     if not net_needs_upgrade(param):
         return param
