@@ -32,7 +32,7 @@ def solver(**fields):
 
 def test_gradient_layers_follow_backward_order_and_sharing():
     s = solver()
-    names = s.net._layer_names
+    names = s.net.layer_names
     found = [(s.net.learnables[i].name, names[lid]) for i, lid in gradient_layers(s.net)]
     # ip2's weight and bias first; then ip_shared's bias; the shared w1 is complete after ip1, the first holder;
     # ip1's bias (lr_mult 0) is not sent at all.
@@ -41,7 +41,7 @@ def test_gradient_layers_follow_backward_order_and_sharing():
 
 def test_buckets_split_by_size_and_start_at_their_last_layer():
     s = solver()
-    lids = {name: i for i, name in enumerate(s.net._layer_names)}
+    lids = {name: i for i, name in enumerate(s.net.layer_names)}
     whole = make_buckets(s.net, 1 << 20)
     assert len(whole) == 1 and whole[0].trigger == lids["ip1"] and whole[0].count == 12 + 2 + 6 + 36
     each = make_buckets(s.net, 1)
@@ -94,11 +94,11 @@ def test_buckets_start_during_the_last_backward_pass_and_give_one_process_gradie
     reference.step(3)
     events = []
     s = solver(iter_size=2, max_iter=3)
+    names = s.net.layer_names
+    s.net.after_backward(lambda lid: events.append(("backward", names[lid])))  # before the trainer's hook
     dp = DataParallel(s, fake_world(events), bucket_bytes=1)
     dp.broadcast_from_root()
     events.clear()  # (set-up's own collectives)
-    hooks = s.net._callbacks["after_backward"]
-    hooks.insert(0, lambda lid: events.append(("backward", s.net._layer_names[lid])))  # before the trainer's
     s.step(1)
     one_pass = [("backward", n) for n in ("loss", "ip2", "ip_shared", "relu", "ip1")]
     assert events[:5] == one_pass  # the first pass of iter_size 2 starts nothing
