@@ -68,7 +68,7 @@ def test_convert_copies_every_record_and_a_data_layer_reads_them(tmp_path):
 
 
 def test_leveldb_reader_is_a_cursor_like_the_lmdb_one(tmp_path):
-    from caffeish.data.db import LevelDB
+    from caffeish.data.leveldb_backend import LevelDB
     records = caffe_leveldb(tmp_path / "ldb", count=3)
     with LevelDB(tmp_path / "ldb") as db:
         assert len(db) == 3 and db.backend == "leveldb"

@@ -1,17 +1,19 @@
 """Dataset converters: Caffe's convert_imageset, convert_mnist_data, convert_cifar_data, plus npz and LevelDB.
 
-Each converter turns its input into records (key, label, and either a C x H x W
+Each converter turns its input into records (``Record``: key, label, and either a C x H x W
 uint8/float array or an encoded image) and hands them to ``write_records``, which
-builds the database at a temporary path (``atomic_db_path``), commits in batches,
-logs "Processed N files." as Caffe does, and renames it into place at the end.
+builds the database at a temporary path (``atomic_db_path``) with the writer of the
+registered backend named ``backend`` (``caffeish.data.db``), logs "Processed N files."
+as Caffe does, and renames it into place at the end.
 
 With ``backend="lmdb"`` every record becomes a serialized Datum (uint8 pixels in
 ``data``, anything else in ``float_data``).  With ``backend="hdf5"`` the arrays go
 to ``data``/``label`` datasets of ``.h5`` files plus a ``list.txt`` for an HDF5Data
-layer's ``source``.
+layer's ``source``.  What a backend cannot hold (encoded images, images of several
+sizes, non-integer labels) is refused with a message saying so.
 
 ``convert_leveldb`` copies a LevelDB of Caffe's into an LMDB record for record (the keys and the
-serialized Datums as they are), through the read-only ``LevelDB`` of ``caffeish.data.db``.
+serialized Datums as they are), through the read-only ``LevelDB`` of ``caffeish.data.leveldb_backend``.
 """
 import dataclasses
 import gzip
@@ -24,9 +26,8 @@ import numpy
 
 from .. import io as cio
 from ..errors import CaffeishError
-from ..proto import caffe_pb2
-from .db import COMMIT_EVERY, LevelDB, atomic_db_path, backend_name, check_target
-from .hdf5_backend import HDF5Writer
+from .db import COMMIT_EVERY, Record, atomic_db_path, check_target, names_text, writable_backends, writing_backend
+from .leveldb_backend import LevelDB
 from .lmdb_backend import LMDB
 
 log = logging.getLogger("caffeish")
@@ -35,26 +36,6 @@ MNIST_IMAGE_MAGIC = 2051
 MNIST_LABEL_MAGIC = 2049
 CIFAR_SIDE = 32
 CIFAR_IMAGE_BYTES = 3 * CIFAR_SIDE * CIFAR_SIDE
-
-
-@dataclasses.dataclass
-class Record:
-    key: str
-    label: float
-    array: numpy.ndarray = None     # C x H x W
-    encoded: bytes = None           # an image file's bytes (lmdb only)
-    raw_flag: bool = False          # a raw Datum says ``encoded: false`` (convert_imageset's do; MNIST/CIFAR's don't)
-
-    def datum(self):
-        if self.encoded is not None:
-            datum = caffe_pb2.Datum(data=self.encoded, encoded=True, label=int(self.label))
-            if self.array is not None:
-                datum.channels, datum.height, datum.width = self.array.shape
-            return datum
-        datum = cio.array_to_datum(self.array, int(self.label))
-        if self.raw_flag:
-            datum.encoded = False
-        return datum
 
 
 @dataclasses.dataclass
@@ -82,39 +63,27 @@ def write_records(db_path, records, **options):
 
 def _write_records(db_path, records, *, backend="lmdb", overwrite=False, rows_per_file=None, map_size=None,
                    log_every=COMMIT_EVERY, noun="files", batch_size=COMMIT_EVERY):
-    name = backend_name(backend, db_path)
-    if rows_per_file is not None and name != "hdf5":
-        raise CaffeishError("--rows-per-file applies to --backend hdf5 only")
+    kind = writing_backend(backend, db_path)
+    if rows_per_file is not None and "rows_per_file" not in kind.write_options:
+        takers = [b for b in writable_backends() if "rows_per_file" in b.write_options]
+        raise CaffeishError(f"--rows-per-file applies to --backend {names_text(takers)} only")
+    options = {"rows_per_file": rows_per_file, "map_size": map_size, "batch_size": batch_size}
+    options = {k: v for k, v in options.items() if k in kind.write_options}
     final = os.path.abspath(os.fspath(db_path))
-    summary = Summary(path=final, backend=name)
+    summary = Summary(path=final, backend=kind.name)
     log_every = max(1, int(log_every))
     with atomic_db_path(final, overwrite) as tmp:
-        if name == "lmdb":
-            db = LMDB(tmp, "w", map_size=map_size, batch_size=batch_size, name=final)
-            try:
-                txn = db.transaction()
-                for record in records:
-                    txn.put(record.key, record.datum().SerializeToString())
-                    summary.written += 1
-                    if summary.written % log_every == 0:
-                        log.info("Processed %d %s.", summary.written, noun)
-                txn.commit()
-            finally:
-                db.close()
-        else:
-            writer = HDF5Writer(tmp, rows_per_file=rows_per_file, list_prefix=final, batch_size=batch_size)
-            try:
-                for record in records:
-                    if record.encoded is not None:
-                        raise CaffeishError("HDF5 cannot hold encoded images; drop --encoded for --backend hdf5")
-                    writer.put_array(record.array, record.label)
-                    summary.written += 1
-                    if summary.written % log_every == 0:
-                        log.info("Processed %d %s.", summary.written, noun)
-                summary.list_path = writer.close()
-            except BaseException:
-                writer.abort()
-                raise
+        writer = kind.open_writer(tmp, final=final, **options)
+        try:
+            for record in records:
+                writer.put_record(record)
+                summary.written += 1
+                if summary.written % log_every == 0:
+                    log.info("Processed %d %s.", summary.written, noun)
+            summary.list_path = writer.close()
+        except BaseException:
+            writer.abort()
+            raise
         if summary.written == 0:
             raise CaffeishError("no records to write: the database would be empty", path=final)
         if summary.written % log_every != 0:
@@ -178,8 +147,9 @@ def _check_imageset_options(resize_height, resize_width, encode_type):
 
 
 def imageset_records(root, entries, *, resize_height=0, resize_width=0, gray=False, encoded=False,
-                     encode_type=None, check_size=False, same_size=False, stats=None):
-    """Records for convert_imageset; undecodable files are skipped with a warning (counted in ``stats``)."""
+                     encode_type=None, check_size=False, same_size=None, stats=None):
+    """Records for convert_imageset; undecodable files are skipped with a warning (counted in ``stats``).
+    ``same_size``: why the images must share one size even without ``check_size`` (the backend's), or None."""
     from PIL import Image
 
     _check_imageset_options(resize_height, resize_width, encode_type)
@@ -198,7 +168,7 @@ def imageset_records(root, entries, *, resize_height=0, resize_width=0, gray=Fal
         if first_shape is None:
             first_shape, first_file = array.shape, full
         elif array.shape != first_shape and (check_size or same_size):
-            why = "--check-size is set" if check_size else "HDF5 data needs one image size"
+            why = "--check-size is set" if check_size else same_size
             raise CaffeishError(f"{full}: image is {array.shape[1]}x{array.shape[2]} (HxW, {array.shape[0]} "
                                 f"channels) but {first_file} is {first_shape[1]}x{first_shape[2]} "
                                 f"({first_shape[0]} channels); {why}: resize with --resize-height and "
@@ -220,10 +190,10 @@ def imageset_records(root, entries, *, resize_height=0, resize_width=0, gray=Fal
 def convert_imageset(root, list_file, db_path, *, resize_height=0, resize_width=0, gray=False, shuffle=False,
                      seed=None, backend="lmdb", encoded=False, encode_type=None, check_size=False,
                      overwrite=False, rows_per_file=None, log_every=COMMIT_EVERY, map_size=None):
-    name = backend_name(backend, db_path)
+    kind = writing_backend(backend, db_path)
     check_target(os.path.abspath(db_path), overwrite)
-    if encoded and name == "hdf5":
-        raise CaffeishError("HDF5 cannot hold encoded images; drop --encoded for --backend hdf5")
+    if encoded and not kind.encoded_images:
+        raise CaffeishError(f"{kind.title} cannot hold encoded images; drop --encoded for --backend {kind.name}")
     _check_imageset_options(resize_height, resize_width, encode_type)
     if root and not os.path.isdir(root):
         raise CaffeishError("the image root folder does not exist (paths in the list are relative to it)",
@@ -234,11 +204,12 @@ def convert_imageset(root, list_file, db_path, *, resize_height=0, resize_width=
         order = numpy.random.default_rng(seed).permutation(len(entries))
         entries = [entries[i] for i in order]
     log.info("A total of %d images.", len(entries))
-    stats = Summary(path=db_path, backend=name)
+    stats = Summary(path=db_path, backend=kind.name)
     records = imageset_records(root, entries, resize_height=resize_height, resize_width=resize_width, gray=gray,
                                encoded=encoded, encode_type=encode_type, check_size=check_size,
-                               same_size=name == "hdf5", stats=stats)
-    summary = write_records(db_path, records, backend=name, overwrite=overwrite, rows_per_file=rows_per_file,
+                               same_size=f"{kind.title} data needs one image size" if kind.one_shape else None,
+                               stats=stats)
+    summary = write_records(db_path, records, backend=kind.name, overwrite=overwrite, rows_per_file=rows_per_file,
                             log_every=log_every, noun="files", map_size=map_size)
     summary.skipped = stats.skipped
     log.info("Wrote %d images to %s, skipped %d.", summary.written, summary.path, summary.skipped)
@@ -295,7 +266,7 @@ def mnist_records(images_path, labels_path):
 
 def convert_mnist(images_path, labels_path, db_path, *, backend="lmdb", overwrite=False, rows_per_file=None,
                   log_every=COMMIT_EVERY, map_size=None):
-    backend_name(backend, db_path)
+    writing_backend(backend, db_path)
     check_target(os.path.abspath(db_path), overwrite)
     records = mnist_records(images_path, labels_path)
     return write_records(db_path, records, backend=backend, overwrite=overwrite, rows_per_file=rows_per_file,
@@ -348,7 +319,7 @@ def cifar_records(directory, split="train", cifar100=False, coarse=False, bgr=Fa
 
 def convert_cifar(directory, db_path, *, split="train", cifar100=False, coarse=False, bgr=False, backend="lmdb",
                   overwrite=False, rows_per_file=None, log_every=COMMIT_EVERY, map_size=None):
-    backend_name(backend, db_path)
+    writing_backend(backend, db_path)
     check_target(os.path.abspath(db_path), overwrite)
     if coarse and not cifar100:
         raise CaffeishError("--coarse applies to --cifar100 only")
@@ -390,9 +361,10 @@ def npz_records(path, backend="lmdb"):
         raise CaffeishError(f"'label' has shape {label.shape}; expected one label per image ({data.shape[0]})",
                             path=path)
     label = label[:, 0]
-    if backend_name(backend) == "lmdb" and not numpy.all(numpy.mod(label, 1) == 0):
+    if not writing_backend(backend).float_labels and not numpy.all(numpy.mod(label, 1) == 0):
+        floats = names_text(b for b in writable_backends() if b.float_labels)
         raise CaffeishError("'label' holds non-integer values; a Datum's label is an integer "
-                            "(use --backend hdf5 for float labels)", path=path)
+                            f"(use --backend {floats} for float labels)", path=path)
     if data.dtype != numpy.uint8:
         data = data.astype(numpy.float32)
     log.info("A total of %d items of shape %s.", data.shape[0], data.shape[1:])
@@ -401,7 +373,7 @@ def npz_records(path, backend="lmdb"):
 
 def convert_npz(path, db_path, *, backend="lmdb", overwrite=False, rows_per_file=None, log_every=COMMIT_EVERY,
                 map_size=None):
-    backend_name(backend, db_path)
+    writing_backend(backend, db_path)
     check_target(os.path.abspath(db_path), overwrite)
     records = npz_records(path, backend)
     return write_records(db_path, records, backend=backend, overwrite=overwrite, rows_per_file=rows_per_file,

@@ -1,4 +1,9 @@
-"""One small interface over the databases Caffe's data comes in: LMDB and HDF5.
+"""The databases Caffe's data comes in, behind one interface and a registry of backends.
+
+``DATABASES`` holds one ``DatabaseBackend`` per kind of database (LMDB, HDF5, LevelDB: the
+``*_backend`` modules of this package, each registering itself); ``open_db``, ``sniff_backend``,
+``backend_name``, the converters, ``caffeish convert``/``extract-features`` and the Data layer look
+backends up there, by name, alias, ``DataParameter.DB`` value or what is on disk.
 
 Reading (what the Data layer and ``compute-mean`` use)::
 
@@ -13,10 +18,11 @@ Reading (what the Data layer and ``compute-mean`` use)::
 Writing (what the converters use)::
 
     db = open_db(tmp_path, "lmdb", "w")
+    db.put_record(Record(key, label, array))                  # or, Caffe's way, for LMDB:
     txn = db.transaction()
     txn.put(key, datum.SerializeToString())                   # committed every ``batch_size`` puts
     txn.commit()                                              # commits the rest
-    db.close()
+    db.close()                                                # (``abort()`` drops a failed build)
 
 An LMDB writer starts with a modest map and doubles it whenever LMDB reports
 ``MapFullError``, so a conversion never fails with ``MDB_MAP_FULL``.
@@ -27,27 +33,31 @@ HDF5 holds arrays, not key/value records: a converter writes ``data`` and
 file or single ``.h5`` file shows the same cursor, yielding one serialized Datum
 per row, so tools like ``compute-mean`` work on either backend.
 
-LevelDB, Caffe's older default, is read (never written) by ``LevelDB``: the
-same cursor over the records Caffe's tools stored, through ``plyvel`` (the
-``[leveldb]`` extra); ``caffeish convert leveldb`` copies such a database into
-an LMDB.  The Data layer and ``open_db`` take LMDB and HDF5 only.
+LevelDB, Caffe's older default, is registered so that its name, its ``DataParameter.DB`` value and
+its directories are known, but ``open_db`` and the Data layer refuse it (``refusal``): its reader
+serves ``caffeish convert leveldb``, which copies such a database into an LMDB.
+
+Adding a backend: a module ``caffeish/data/<name>_backend.py`` with a ``DatabaseBackend`` subclass
+decorated ``@register_backend``, and its name in the import line of ``caffeish/data/__init__.py``.
 
 ``atomic_db_path`` builds a database at a temporary sibling path and renames
 it into place only when the build succeeds.
 """
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
 import tempfile
 
-import h5py
 import numpy
 from google.protobuf import message as pb_message
 
+from .. import io as cio
 from ..atomic import current_umask, fsync_directory, process_alive
 from ..errors import CaffeishError
 from ..proto import caffe_pb2
+from ..registry import Registry
 
 log = logging.getLogger("caffeish")
 
@@ -55,73 +65,206 @@ COMMIT_EVERY = 1000
 INITIAL_MAP_SIZE = 1 << 26      # 64 MiB; doubled on demand
 MAX_MAP_SIZE = 1 << 44          # 16 TiB: beyond this a "full" map is a real problem
 MAX_READERS = 126
-LIST_NAME = "list.txt"
-HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 
 
-# -- backend names ---------------------------------------------------------------------------------------------
-def backend_name(backend, path=None):
-    """``"lmdb"`` or ``"hdf5"`` from a name or a ``DataParameter.DB`` value; LevelDB is refused clearly."""
-    leveldb = CaffeishError("LevelDB is not supported; convert to LMDB (caffeish convert leveldb SRC DST copies "
-                            "a LevelDB of Caffe's into an LMDB) and set backend: LMDB", path=path)
+# -- the registry of backends ----------------------------------------------------------------------------------
+#: name or alias -> DatabaseBackend subclass; unknown names get its one-line error listing the known ones.
+DATABASES = Registry("database")
+
+#: What ``DatabaseBackend.recognise`` answers: not this kind, could be (a catch-all), certainly (a marker file).
+NO, MAYBE, SURE = 0, 1, 2
+
+
+class DatabaseBackend:
+    """One kind of database as the registry knows it.  A backend module subclasses this, sets the class
+    attributes and the methods it supports, and decorates the subclass with ``@register_backend``."""
+
+    name = ""                   # its registry name, lower case: what ``--backend`` and ``open_db`` take
+    aliases = ()                # other names it answers to ("h5")
+    title = ""                  # in messages: "LMDB"
+    noun = ""                   # in messages: "an LMDB"
+    proto_db = None             # its ``caffe_pb2.DataParameter.DB`` value, when Caffe's proto names it
+    refusal = None              # set: ``open_db`` and the Data layer refuse the backend with this message
+    write_options = None        # the ``open_writer`` options it takes (a frozenset); None: it cannot be written
+    encoded_images = True       # holds encoded (compressed) images
+    one_shape = False           # every record must have the same shape
+    float_labels = False        # keeps non-integer labels (a Datum's label is an integer)
+    source_title = None         # what the path a writer's ``close()`` returns is (None: it returns None)
+
+    @classmethod
+    def recognise(cls, path):
+        """``SURE`` when the existing ``path`` is a database of this kind, ``MAYBE`` when it could be one,
+        else ``NO``."""
+        return NO
+
+    @classmethod
+    def open_reader(cls, path, **options):
+        """A reader (a ``RecordDB``) of the database at ``path``; ``check_datums`` (default True) refuses an
+        empty database or one whose first value is not a Datum."""
+        raise NotImplementedError
+
+    @classmethod
+    def open_writer(cls, path, *, final=None, **options):
+        """A writer building a new database at ``path`` (``final``: where it will be renamed to, for messages
+        and the paths it records).  A writer has ``put_record(record)``, ``close()`` (returns the path a
+        ``source_title`` names, or None) and ``abort()`` (drops a failed build)."""
+        raise NotImplementedError
+
+
+def register_backend(cls):
+    """Class decorator: register a ``DatabaseBackend`` subclass under its name and its aliases."""
+    for name in (cls.name, *cls.aliases):
+        DATABASES.register(name)(cls)
+    return cls
+
+
+def backends():
+    """The registered backends (each once), by name."""
+    return sorted({id(b): b for _, b in DATABASES.items()}.values(), key=lambda b: b.name)
+
+
+def readable_backends():
+    """The backends ``open_db`` reads (not refused)."""
+    return [b for b in backends() if b.refusal is None]
+
+
+def writable_backends():
+    """The backends ``open_db(..., "w")`` and the converters build."""
+    return [b for b in backends() if b.write_options is not None]
+
+
+def _or(words):
+    words = list(words)
+    return " or ".join(words) if len(words) < 3 else ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def names_text(kinds):
+    """``"hdf5 or lmdb"``: the names of ``kinds``, for help and messages."""
+    return _or(b.name for b in kinds)
+
+
+def get_backend(backend, path=None):
+    """The registered backend named ``backend`` (a name or alias, any case, or a ``DataParameter.DB`` value);
+    ``"auto"`` recognises the database at ``path``.  A refused backend is returned as well."""
     if isinstance(backend, (int, numpy.integer)) and not isinstance(backend, bool):
-        if backend == caffe_pb2.DataParameter.LMDB:
-            return "lmdb"
-        if backend == caffe_pb2.DataParameter.LEVELDB:
-            raise leveldb
-        raise CaffeishError(f"unknown database backend {int(backend)} (known: LMDB = 1)", path=path)
+        for kind in backends():
+            if kind.proto_db is not None and kind.proto_db == backend:
+                return kind
+        values = sorted(b.proto_db for b in backends() if b.proto_db is not None)
+        known = ", ".join(f"{caffe_pb2.DataParameter.DB.Name(v)} = {v}" for v in values)
+        raise CaffeishError(f"unknown database backend {int(backend)} (known DataParameter.DB values: {known})",
+                            path=path)
     name = str(backend).strip().lower()
     if name == "auto":
-        return sniff_backend(path)
-    if name == "leveldb":
-        raise leveldb
-    if name in ("h5", "hdf5"):
-        return "hdf5"
-    if name == "lmdb":
-        return "lmdb"
-    raise CaffeishError(f"unknown database backend '{backend}' (known: lmdb, hdf5)", path=path)
+        return DATABASES.get(sniff_backend(path, refuse=False))
+    return DATABASES.get(name, os.fspath(path) if path is not None else "")
 
 
-def sniff_backend(path):
-    """Guess the backend of an existing database path: ``"lmdb"`` or ``"hdf5"``."""
+def reading_backend(backend, path=None):
+    """``get_backend`` for reading: a refused backend (LevelDB) raises its ``refusal``."""
+    kind = get_backend(backend, path)
+    if kind.refusal is not None:
+        raise CaffeishError(kind.refusal, path=path)
+    return kind
+
+
+def writing_backend(backend, path=None):
+    """``get_backend`` for building a database: a backend that cannot be written is refused."""
+    kind = get_backend(backend, path)
+    if kind.write_options is None:
+        raise CaffeishError(f"writing {kind.title} is not supported; give {names_text(writable_backends())}",
+                            path=path)
+    return kind
+
+
+def backend_name(backend, path=None):
+    """The registry name (``"lmdb"``, ``"hdf5"``...) of a backend ``open_db`` reads, from a name, alias or
+    ``DataParameter.DB`` value (``"auto"``: recognised at ``path``); a refused one (LevelDB) raises."""
+    return reading_backend(backend, path).name
+
+
+def recognised(path):
+    """The backends that recognise the existing ``path`` best (``SURE`` before ``MAYBE``): one, several (an
+    ambiguous path) or none."""
     path = os.fspath(path)
-    if os.path.isdir(path):
-        if os.path.isfile(os.path.join(path, "data.mdb")):
-            return "lmdb"
-        if os.path.isfile(os.path.join(path, LIST_NAME)):
-            return "hdf5"
-        if os.path.isfile(os.path.join(path, "CURRENT")):
-            backend_name("leveldb", path)
-    elif os.path.isfile(path):
-        if path.lower().endswith(HDF5_SUFFIXES) or path.lower().endswith(".txt") or h5py.is_hdf5(path):
-            return "hdf5"
-        return "lmdb"
-    elif not os.path.exists(path):
+    scores = [(kind.recognise(path), kind) for kind in backends()]
+    best = max((score for score, _ in scores), default=NO)
+    return [kind for score, kind in scores if score == best] if best > NO else []
+
+
+def looks_like_hint(path, name):
+    """`` (it looks like an HDF5 database: use backend hdf5)``: what another backend than ``name`` makes of
+    ``path``, for a reader's "is not a ..." message (empty when no other backend recognises it)."""
+    found = recognised(path)
+    if len(found) != 1 or found[0].name == name:
+        return ""
+    other = found[0]
+    if other.refusal is not None:
+        return f" (it looks like {other.noun}: {other.refusal})"
+    return f" (it looks like {other.noun}: use backend {other.name})"
+
+
+def sniff_backend(path, refuse=True):
+    """The name of the backend of an existing database ``path``, as the registered backends recognise it
+    (a refused one, LevelDB, raises its ``refusal`` unless ``refuse`` is False)."""
+    if path is None:
+        raise CaffeishError("backend auto needs the database's path to recognise it")
+    path = os.fspath(path)
+    if not os.path.exists(path):
         raise CaffeishError("database does not exist", path=path)
-    raise CaffeishError("cannot tell the database type (neither an LMDB nor an HDF5 list); give the backend",
-                        path=path)
+    found = recognised(path)
+    if not found:
+        nouns = [b.noun for b in readable_backends()]
+        neither = f"neither {', '.join(nouns[:-1])} nor {nouns[-1]}" if len(nouns) > 1 else f"not {_or(nouns)}"
+        raise CaffeishError(f"cannot tell the database type ({neither}); give the backend", path=path)
+    if len(found) > 1:
+        raise CaffeishError(f"cannot tell the database type (it looks like {_or(b.noun for b in found)}); give "
+                            "the backend", path=path)
+    kind = found[0]
+    if refuse and kind.refusal is not None:
+        raise CaffeishError(kind.refusal, path=path)
+    return kind.name
 
 
 def open_db(path, backend="lmdb", mode="r", **options):
     """Open a database for reading (``mode="r"``) or build a new one (``mode="w"``).
 
-    ``backend``: ``"lmdb"``, ``"hdf5"``, ``"auto"`` (reading: guess from the path) or a
-    ``caffe_pb2.DataParameter.DB`` value.  Reading options: ``check_datums`` (default True:
-    refuse an empty LMDB or one whose first value is not a Datum).  Writing options: LMDB
-    ``map_size``, ``batch_size``; HDF5 ``rows_per_file``, ``list_prefix``.
+    ``backend``: a registered name or alias (``"lmdb"``, ``"hdf5"``), ``"auto"`` (reading: recognise
+    the path) or a ``caffe_pb2.DataParameter.DB`` value.  Reading options: ``check_datums`` (default
+    True: refuse an empty database or one whose first value is not a Datum).  Writing options: those of
+    the backend's ``open_writer`` (LMDB ``map_size``, ``batch_size``, ``name``; HDF5 ``rows_per_file``,
+    ``list_prefix``, ``batch_size``).
     """
     if mode == "r" and not os.path.lexists(os.fspath(path)):
         recover_interrupted_build(path)  # a killed `convert --overwrite` may have left it aside
-    name = backend_name(backend, path)
-    if mode not in ("r", "w"):
-        raise ValueError(f"open_db mode must be 'r' or 'w', not {mode!r}")
-    if name == "lmdb":
-        from .lmdb_backend import LMDB
-        return LMDB(path, mode, **options)
-    from .hdf5_backend import HDF5DB, HDF5Writer
     if mode == "r":
-        return HDF5DB(path, **options)
-    return HDF5Writer(path, **options)
+        return reading_backend(backend, path).open_reader(path, **options)
+    if mode == "w":
+        return writing_backend(backend, path).open_writer(path, **options)
+    raise ValueError(f"open_db mode must be 'r' or 'w', not {mode!r}")
+
+
+# -- records ---------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Record:
+    """What a writer's ``put_record`` takes: a key, a label (None: a Datum without one, an HDF5 row's 0) and
+    either a C x H x W array or an encoded image."""
+    key: str
+    label: float
+    array: numpy.ndarray = None     # C x H x W
+    encoded: bytes = None           # an image file's bytes (backends with ``encoded_images`` only)
+    raw_flag: bool = False          # a raw Datum says ``encoded: false`` (convert_imageset's do; MNIST/CIFAR's don't)
+
+    def datum(self):
+        if self.encoded is not None:
+            datum = caffe_pb2.Datum(data=self.encoded, encoded=True, label=int(self.label))
+            if self.array is not None:
+                datum.channels, datum.height, datum.width = self.array.shape
+            return datum
+        datum = cio.array_to_datum(self.array, None if self.label is None else int(self.label))
+        if self.raw_flag:
+            datum.encoded = False
+        return datum
 
 
 def _key_bytes(key):
@@ -164,148 +307,6 @@ class RecordDB:
 
     def __exit__(self, *exc):
         self.close()
-
-
-# -- LevelDB (read-only) ---------------------------------------------------------------------------------------
-LEVELDB_EXTRA = "pip install 'caffeish[leveldb]'"
-
-
-def _plyvel():
-    try:
-        import plyvel
-    except ImportError:
-        raise CaffeishError(f"reading a LevelDB needs plyvel, an optional extra: {LEVELDB_EXTRA}") from None
-    return plyvel
-
-
-class LevelDB(RecordDB):
-    """A LevelDB as Caffe's tools wrote it (``convert_imageset -backend leveldb``, ``extract_features ...
-    leveldb``): keys as stored, values serialized Datums, in key order, read through plyvel.
-
-    Reading only: nothing is ever put.  LevelDB itself still takes the directory's LOCK file and may
-    tidy its log files, so the directory must be writable and not in use by another program (Caffe).
-    ``check_datums`` (default True) refuses an empty database or one whose first value is not a Datum.
-    """
-    backend = "leveldb"
-    mode = "r"
-
-    def __init__(self, path, *, check_datums=True):
-        self.path = os.fspath(path)
-        self.db = None
-        self._count = None
-        if not os.path.exists(self.path):
-            raise CaffeishError("database does not exist", path=self.path)
-        if not os.path.isfile(os.path.join(self.path, "CURRENT")):
-            hint = ""
-            if os.path.isfile(os.path.join(self.path, "data.mdb")) or os.path.isfile(self.path):
-                hint = " (it looks like an LMDB, which needs no conversion)"
-            elif os.path.isfile(os.path.join(self.path, LIST_NAME)):
-                hint = " (it looks like an HDF5 database)"
-            raise CaffeishError(f"is not a LevelDB: no CURRENT file in the directory{hint}", path=self.path)
-        plyvel = _plyvel()
-        try:
-            self.db = plyvel.DB(self.path, create_if_missing=False)
-        except plyvel.CorruptionError as e:
-            raise _damaged_leveldb(self.path, e) from None
-        except plyvel.Error as e:
-            raise CaffeishError(f"cannot open the LevelDB ({_leveldb_reason(e)}): LevelDB writes a LOCK file in its "
-                                "directory, so the directory must be writable and no other program (a running Caffe) "
-                                "may have the database open", path=self.path) from None
-        if check_datums:
-            try:
-                self._check_first_datum()
-            except BaseException:
-                self.close()
-                raise
-
-    def _check_first_datum(self):
-        cur = self.cursor()
-        try:
-            if not cur.valid():
-                raise CaffeishError("the database is empty (no records)", path=self.path)
-            key, value = cur.key(), cur.value()
-        finally:
-            cur.close()
-        if not looks_like_datum(value):
-            raise CaffeishError(f"the LevelDB holds no Datums: its first record (key {key[:64]!r}) does not parse as "
-                                "a caffe Datum with pixels", path=self.path)
-
-    def cursor(self):
-        return LevelDBCursor(self)
-
-    def get(self, key):
-        try:
-            return self.db.get(_key_bytes(key))
-        except _plyvel().Error as e:
-            raise _damaged_leveldb(self.path, e) from None
-
-    def keys_count(self):
-        """The number of records (LevelDB keeps no count: the keys are counted once)."""
-        if self._count is None:
-            self._count = sum(1 for _ in self)
-        return self._count
-
-    def close(self):
-        if self.db is not None:
-            db, self.db = self.db, None
-            db.close()
-
-
-def _leveldb_reason(error):
-    return str(error).strip() or type(error).__name__
-
-
-def _damaged_leveldb(path, error):
-    return CaffeishError(f"is a damaged LevelDB ({_leveldb_reason(error)}); recopy it, or rebuild it", path=path)
-
-
-class LevelDBCursor:
-    """Caffe's db::Cursor over a ``LevelDB``: ``seek_first``, ``valid``, ``next``, ``key``, ``value``."""
-
-    def __init__(self, db):
-        self._db = db
-        self._plyvel = _plyvel()
-        self._it = db.db.iterator()
-        self._key = self._value = None
-        self.seek_first()
-
-    def _advance(self):
-        try:
-            self._key, self._value = next(self._it)
-            self._valid = True
-        except StopIteration:
-            self._key = self._value = None
-            self._valid = False
-        except self._plyvel.Error as e:
-            raise _damaged_leveldb(self._db.path, e) from None
-        return self._valid
-
-    def seek_first(self):
-        try:
-            self._it.seek_to_start()
-        except self._plyvel.Error as e:
-            raise _damaged_leveldb(self._db.path, e) from None
-        return self._advance()
-
-    seek_to_first = seek_first
-
-    def valid(self):
-        return self._valid
-
-    def next(self):
-        """Advance; False (and ``valid()`` False) once past the last record."""
-        return self._advance() if self._valid else False
-
-    def key(self):
-        return self._key
-
-    def value(self):
-        return self._value
-
-    def close(self):
-        if self._it is not None:
-            self._it.close()
-            self._it = None
 
 
 # -- atomic build ----------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""HDF5 behind ``open_db``: ``data``/``label`` datasets in ``.h5`` files named by a list file."""
+"""The HDF5 database backend (registered as ``hdf5``, alias ``h5``): ``data``/``label`` datasets in ``.h5``
+files named by a list file, read as Datums and written from arrays."""
 import io
 import os
 
@@ -8,12 +9,45 @@ import numpy
 from ..errors import CaffeishError
 from ..proto import caffe_pb2
 from ..weights import H5_ERRORS
-from .db import COMMIT_EVERY, LIST_NAME, RecordDB, _key_bytes
+from .db import COMMIT_EVERY, NO, SURE, DatabaseBackend, RecordDB, _key_bytes, looks_like_hint, register_backend
 
-
+LIST_NAME = "list.txt"
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 
 #: The most row bytes one .h5 file of a converted database holds (each is built in memory, then written).
 MAX_FILE_BYTES = 1 << 30
+
+
+@register_backend
+class HDF5Backend(DatabaseBackend):
+    """Arrays rather than records: a directory of ``.h5`` files with ``list.txt``, a list file, or one ``.h5``."""
+    name = "hdf5"
+    aliases = ("h5",)
+    title = "HDF5"
+    noun = "an HDF5 database"
+    write_options = frozenset({"rows_per_file", "batch_size"})
+    encoded_images = False
+    one_shape = True
+    float_labels = True
+    source_title = "HDF5 list (an HDF5Data layer's source)"
+
+    @classmethod
+    def recognise(cls, path):
+        if os.path.isdir(path):
+            return SURE if os.path.isfile(os.path.join(path, LIST_NAME)) else NO
+        if os.path.isfile(path) and (path.lower().endswith(HDF5_SUFFIXES + (".txt",)) or h5py.is_hdf5(path)):
+            return SURE
+        return NO
+
+    @classmethod
+    def open_reader(cls, path, **options):
+        return HDF5DB(path, **options)
+
+    @classmethod
+    def open_writer(cls, path, *, final=None, **options):
+        if final is not None:
+            options.setdefault("list_prefix", final)
+        return HDF5Writer(path, **options)
 
 
 # -- HDF5 ------------------------------------------------------------------------------------------------------
@@ -74,7 +108,8 @@ def hdf5_files(path):
     if os.path.isdir(path):
         list_path = os.path.join(path, LIST_NAME)
         if not os.path.isfile(list_path):
-            raise CaffeishError(f"is not an HDF5 database: the directory has no {LIST_NAME}", path=path)
+            raise CaffeishError(f"is not an HDF5 database: the directory has no {LIST_NAME}"
+                                f"{looks_like_hint(path, 'hdf5')}", path=path)
         return read_hdf5_list(list_path)
     if h5py.is_hdf5(path):
         return [path]
@@ -231,6 +266,12 @@ class HDF5Writer:
         self.count += 1
         if len(self._pending_data) >= self.batch_size:
             self.flush()
+
+    def put_record(self, record):
+        """Add a ``Record``'s array and label (its key is dropped: rows keep their order)."""
+        if record.encoded is not None:
+            raise CaffeishError("HDF5 cannot hold encoded images; drop --encoded for --backend hdf5")
+        self.put_array(record.array, 0 if record.label is None else record.label)
 
     def transaction(self):
         return HDF5Transaction(self)

@@ -1,12 +1,41 @@
-"""LMDB behind ``open_db``: shared read-only environments, batched commits, a map that grows."""
+"""The LMDB database backend (registered as ``lmdb``, ``DataParameter.LMDB``): shared read-only
+environments, batched commits, a map that grows."""
 import os
 import threading
 
 import lmdb
 
 from ..errors import CaffeishError
-from .db import (COMMIT_EVERY, INITIAL_MAP_SIZE, LIST_NAME, MAX_MAP_SIZE, MAX_READERS, RecordDB, _key_bytes,
-                 looks_like_datum)
+from ..proto import caffe_pb2
+from .db import (COMMIT_EVERY, INITIAL_MAP_SIZE, MAX_MAP_SIZE, MAX_READERS, MAYBE, NO, SURE, DatabaseBackend,
+                 RecordDB, _key_bytes, looks_like_datum, looks_like_hint, register_backend)
+
+
+@register_backend
+class LMDBBackend(DatabaseBackend):
+    """Caffe's default database: a directory holding ``data.mdb`` (or a bare data file), key -> Datum."""
+    name = "lmdb"
+    title = "LMDB"
+    noun = "an LMDB"
+    proto_db = caffe_pb2.DataParameter.LMDB
+    write_options = frozenset({"map_size", "batch_size"})
+
+    @classmethod
+    def recognise(cls, path):
+        if os.path.isdir(path):
+            return SURE if os.path.isfile(os.path.join(path, "data.mdb")) else NO
+        return MAYBE if os.path.isfile(path) else NO  # a bare data file (subdir=False) may have any name
+
+    @classmethod
+    def open_reader(cls, path, **options):
+        return LMDB(path, "r", **options)
+
+    @classmethod
+    def open_writer(cls, path, *, final=None, **options):
+        if final is not None:
+            options.setdefault("name", final)
+        return LMDB(path, "w", **options)
+
 
 # -- LMDB ------------------------------------------------------------------------------------------------------
 # LMDB allows one environment per database per process (py-lmdb refuses a second open), so readers
@@ -94,7 +123,8 @@ def _release_reader(key):
 
 
 class LMDB(RecordDB):
-    """An LMDB environment, read-only (``mode="r"``) or for building (``mode="w"``)."""
+    """An LMDB environment, read-only (``mode="r"``) or for building (``mode="w"``: ``transaction()``, or
+    ``put_record`` with ``close()`` committing and ``abort()`` dropping a failed build)."""
     backend = "lmdb"
 
     def __init__(self, path, mode="r", *, check_datums=True, map_size=None, batch_size=COMMIT_EVERY, name=None):
@@ -102,6 +132,7 @@ class LMDB(RecordDB):
         self.name = os.fspath(name) if name is not None else self.path  # for messages: a build's final path
         self.mode = mode
         self.batch_size = int(batch_size)
+        self._records = None  # the transaction of put_record
         if mode == "r":
             self.env = self._open_reader()
             if check_datums:
@@ -124,13 +155,8 @@ class LMDB(RecordDB):
             raise CaffeishError("database does not exist", path=path)
         if os.path.isdir(path):
             if not os.path.isfile(os.path.join(path, "data.mdb")):
-                hint = ""
-                if os.path.isfile(os.path.join(path, "CURRENT")):
-                    hint = (" (it looks like a LevelDB: LevelDB is not supported; convert it to an LMDB with "
-                            "caffeish convert leveldb SRC DST)")
-                elif os.path.isfile(os.path.join(path, LIST_NAME)):
-                    hint = " (it looks like an HDF5 database: use backend hdf5)"
-                raise CaffeishError(f"is not an LMDB: the directory has no data.mdb{hint}", path=path)
+                raise CaffeishError(f"is not an LMDB: the directory has no data.mdb{looks_like_hint(path, 'lmdb')}",
+                                    path=path)
             subdir = True
         else:
             subdir = False
@@ -174,6 +200,12 @@ class LMDB(RecordDB):
             raise ValueError("transaction() needs a database opened with mode='w'")
         return LMDBTransaction(self, self.batch_size)
 
+    def put_record(self, record):
+        """Add a ``Record`` as its serialized Datum (committed every ``batch_size`` records and by ``close``)."""
+        if self._records is None:
+            self._records = self.transaction()
+        self._records.put(record.key, record.datum().SerializeToString())
+
     @property
     def map_size(self):
         return int(self.env.info()["map_size"])
@@ -195,9 +227,21 @@ class LMDB(RecordDB):
                 raise CaffeishError(f"cannot write the LMDB ({e}): is the disk full? Nothing was written there "
                                     "(an older database at this path is kept)", path=self.name) from None
 
+    def abort(self):
+        """Close a build without committing its pending records (it failed; its directory is removed next)."""
+        self._records = None
+        if self.mode == "w" and self.env is not None:
+            env, self.env = self.env, None
+            env.close()
+        else:
+            self.close()
+
     def close(self):
         if self.env is not None:
             if self.mode == "w":
+                if self._records is not None:
+                    records, self._records = self._records, None
+                    records.commit()
                 try:
                     self.env.sync(True)
                 except lmdb.Error as e:

@@ -183,7 +183,7 @@ def test_imageset_bad_lists(images, tmp_path, capsys):
     failed(cli(capsys, "convert", "imageset", images["root"], bad, tmp_path / "db"), "would be empty")
     failed(cli(capsys, "convert", "imageset", "--encoded", "--backend", "hdf5", images["root"], images["list"],
                     tmp_path / "db"), "HDF5 cannot hold encoded images")
-    failed(cli(capsys, "convert", "imageset", "--backend", "leveldb", images["root"], images["list"], tmp_path / "db"), "LevelDB is not supported; convert to LMDB")
+    failed(cli(capsys, "convert", "imageset", "--backend", "leveldb", images["root"], images["list"], tmp_path / "db"), "writing LevelDB is not supported; give hdf5 or lmdb")
     failed(cli(capsys, "convert", "imageset", tmp_path / "noroot", images["list"], tmp_path / "db"),
            "noroot: the image root folder does not exist")
     failed(cli(capsys, "convert", "imageset", "--resize-height", 4, images["root"], images["list"], tmp_path / "db"), "give both --resize-height and --resize-width")

@@ -1,4 +1,4 @@
-"""caffeish.data.db: LMDB and HDF5 behind one interface, map growth, atomic builds, clear errors."""
+"""caffeish.data.db: LMDB and HDF5 behind one interface, recognised on disk, map growth, atomic builds, clear errors."""
 import os
 
 import h5py
@@ -89,8 +89,35 @@ def test_leveldb_and_unknown_backends_are_refused(tmp_path):
         open_db(tmp_path, caffe_pb2.DataParameter.LEVELDB)
     with pytest.raises(CaffeishError, match="LevelDB is not supported"):
         open_db(tmp_path, "leveldb")
-    with pytest.raises(CaffeishError, match="unknown database backend 'rocksdb'"):
+    with pytest.raises(CaffeishError, match=r"unknown database type 'rocksdb' \(known types: h5, hdf5, leveldb, lmdb\)"):
         open_db(tmp_path, "rocksdb")
+    with pytest.raises(CaffeishError, match="writing LevelDB is not supported; give hdf5 or lmdb"):
+        open_db(tmp_path / "new", "leveldb", "w")
+    with pytest.raises(CaffeishError, match=r"unknown database backend 7 \(known DataParameter.DB values: LEVELDB = 0, "
+                                            r"LMDB = 1\)"):
+        open_db(tmp_path, 7)
+
+
+def test_sniffing_asks_every_registered_backend(tmp_path):
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(CaffeishError, match="cannot tell the database type \\(neither an HDF5 database nor an LMDB\\); "
+                                            "give the backend"):
+        sniff_backend(tmp_path / "plain")
+    with pytest.raises(CaffeishError, match="database does not exist"):
+        sniff_backend(tmp_path / "missing")
+    _build_lmdb(tmp_path / "both", 1)
+    assert sniff_backend(tmp_path / "both") == sniff_backend(tmp_path / "both" / "data.mdb") == "lmdb"
+    (tmp_path / "both" / "list.txt").write_text("")  # an LMDB directory that also holds an HDF5 list: ambiguous
+    with pytest.raises(CaffeishError, match="it looks like an HDF5 database or an LMDB\\); give the backend"):
+        sniff_backend(tmp_path / "both")
+    assert open_db(tmp_path / "both", "lmdb").keys_count() == 1
+    (tmp_path / "ldb").mkdir()
+    (tmp_path / "ldb" / "CURRENT").write_text("MANIFEST-000001\n")
+    with pytest.raises(CaffeishError, match="ldb: LevelDB is not supported; convert to LMDB"):
+        sniff_backend(tmp_path / "ldb")
+    with pytest.raises(CaffeishError, match="is not an HDF5 database: the directory has no list.txt \\(it looks like a "
+                                            "LevelDB: LevelDB is not supported"):
+        open_db(tmp_path / "ldb", "hdf5")
 
 
 def test_reader_errors_are_clear(tmp_path):
