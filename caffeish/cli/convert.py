@@ -8,11 +8,13 @@ at a temporary path and renamed into place only when complete.
 import click
 
 from ..data import converters
+from ..data.db import get_backend, names_text, writable_backends
 from . import register_command
 
 
 _COMMON_OPTIONS = [
-    click.option("--backend", default="lmdb", show_default=True, help="lmdb or hdf5."),
+    click.option("--backend", default="lmdb", show_default=True,
+                 help=f"{names_text(writable_backends())} (the database backends that can be written)."),
     click.option("--overwrite", is_flag=True, help="Replace an existing database at DB."),
     click.option("--rows-per-file", type=click.IntRange(min=1), default=None,
                  help="hdf5: rows per .h5 file (default: all in one)."),
@@ -29,10 +31,11 @@ def _common(fn):
 
 
 def _report(summary):
+    kind = get_backend(summary.backend)
     if summary.list_path:
-        click.echo(f"HDF5 list (an HDF5Data layer's source): {summary.list_path}")
+        click.echo(f"{kind.source_title}: {summary.list_path}")
     else:
-        click.echo(f"{summary.backend.upper()} database: {summary.path} ({summary.written} records)")
+        click.echo(f"{kind.title} database: {summary.path} ({summary.written} records)")
 
 
 @register_command("convert")

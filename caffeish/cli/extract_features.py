@@ -30,19 +30,15 @@ import click
 import numpy
 
 from .. import backend as be
-from ..data.db import COMMIT_EVERY, atomic_db_path, check_target
-from ..data.hdf5_backend import HDF5Writer
-from ..data.lmdb_backend import LMDB
+from ..data.db import COMMIT_EVERY, Record, atomic_db_path, check_target, names_text, writable_backends, \
+    writing_backend
 from ..errors import CaffeishError
-from ..io import array_to_datum
 from ..net import TEST, Net
 from ..weights import load_weights
 from . import register_command
 from .common import gpu_option, select_device
 
 log = logging.getLogger("caffeish")
-
-BACKENDS = {"lmdb": "lmdb", "hdf5": "hdf5", "h5": "hdf5"}
 
 
 def _names(text, what):
@@ -64,13 +60,8 @@ def _positive(text):
 
 
 def _backend(name):
-    key = str(name).strip().lower()
-    if key == "leveldb":
-        raise CaffeishError("writing LevelDB is not supported; give lmdb (or hdf5): Caffe's Data layer reads LMDB "
-                            "as well")
-    if key not in BACKENDS:
-        raise CaffeishError(f"unknown database type '{name}' (known: lmdb, hdf5)")
-    return BACKENDS[key]
+    """The registered backend a database type names (one that can be written)."""
+    return writing_backend(name).name
 
 
 def parse_caffe_tail(args, backend_option, gpu_option_value):
@@ -113,15 +104,13 @@ class _FeatureDB:
     """One blob's database under construction at ``tmp``, renamed onto ``final`` by its atomic_db_path."""
 
     def __init__(self, blob_name, final, tmp, backend):
-        self.blob_name, self.final, self.backend = blob_name, final, backend
+        self.blob_name, self.final = blob_name, final
+        self.kind = writing_backend(backend)
+        self.backend = self.kind.name
         self.count = 0
         self.shape = None
-        if backend == "lmdb":
-            self.db = LMDB(tmp, "w", name=final)
-            self.txn = self.db.transaction()
-        else:
-            self.db = HDF5Writer(tmp, list_prefix=final)
-            self.txn = None
+        self.source = None  # what the finished database's writer says to read (HDF5: its list.txt)
+        self.db = self.kind.open_writer(tmp, final=final)
 
     def put(self, blob):
         shape = datum_shape(blob)
@@ -131,25 +120,17 @@ class _FeatureDB:
         if self.shape is None:
             self.shape = shape
         for row in rows:
-            if self.backend == "lmdb":
-                self.txn.put(b"%010d" % self.count, array_to_datum(row.reshape(shape)).SerializeToString())
-            else:
-                self.db.put_array(row.reshape(shape), 0)
+            self.db.put_record(Record(key=b"%010d" % self.count, label=None, array=row.reshape(shape)))
             self.count += 1
             if self.count % COMMIT_EVERY == 0:
                 log.info("Extracted features of %d query images for feature blob %s", self.count, self.blob_name)
 
     def close(self):
-        if self.txn is not None:
-            self.txn.commit()
-        self.db.close()
+        self.source = self.db.close()
 
     def abort(self):
         """Close without finishing (the temporary database is removed next)."""
-        if self.backend == "lmdb":
-            self.db.close()
-        else:
-            self.db.abort()
+        self.db.abort()
 
 
 def extract_features(net, blob_names, db_paths, num_batches, backend="lmdb", overwrite=False):
@@ -193,7 +174,8 @@ def extract_features(net, blob_names, db_paths, num_batches, backend="lmdb", ove
 @click.argument("dbs", metavar="DB[,DB...]")
 @click.argument("num_batches", metavar="NUM_BATCHES")
 @click.argument("caffe_tail", nargs=-1, metavar="[DB_TYPE] [CPU|GPU] [DEVICE_ID]")
-@click.option("--backend", default=None, help="lmdb (default) or hdf5 (Caffe's positional DB_TYPE works too).")
+@click.option("--backend", default=None, help=f"{names_text(writable_backends())}, lmdb by default (Caffe's "
+              "positional DB_TYPE works too).")
 @click.option("--overwrite", is_flag=True, help="Replace existing databases at DB (once the new ones are complete).")
 @gpu_option
 def extract_features_command(weights, model, blobs, dbs, num_batches, caffe_tail, backend, overwrite, gpu):
@@ -231,7 +213,6 @@ def extract_features_command(weights, model, blobs, dbs, num_batches, caffe_tail
         net.close()
     log.info("Successfully extracted the features!")
     for db in done:
-        kind = "HDF5 list (an HDF5Data layer's source)" if name == "hdf5" else "LMDB database"
-        where = os.path.join(db.final, "list.txt") if name == "hdf5" else db.final
-        click.echo(f"{kind}: {where} ({db.count} records of blob {db.blob_name}, {' x '.join(map(str, db.shape))} "
-                   "each)")
+        kind = db.kind.source_title if db.source else f"{db.kind.title} database"
+        click.echo(f"{kind}: {db.source or db.final} ({db.count} records of blob {db.blob_name}, "
+                   f"{' x '.join(map(str, db.shape))} each)")
