@@ -1,10 +1,13 @@
-"""Data: batches of Datums from an LMDB (Caffe's DataLayer), read ahead on a thread.
+"""Data: batches of Datums from a database (an LMDB, as Caffe's DataLayer reads, or any other registered
+backend's), read ahead on a thread.
 
-``data_param``: ``source`` (the database), ``batch_size``, ``backend`` (LMDB; LEVELDB is refused;
-left unset, an LMDB directory is recognised), ``rand_skip`` (skip a random number of records in
-``[0, rand_skip)`` at the start), ``prefetch`` (batches read ahead, default 4; 0 reads on the main
-thread).  Tops: ``data`` (N, C, H', W') and optionally ``label`` (N,).  In data-parallel training each
-rank reads every N-th record (``set_shard``; see ``caffeish.layers.data.prefetch``).
+``data_param``: ``source`` (the database), ``batch_size``, ``backend`` (a ``DataParameter.DB`` value of a
+registered backend, ``caffeish.data.db``: LMDB; LEVELDB is refused with how to convert it; left unset,
+the registered backends recognise the database: an LMDB or HDF5 directory), ``rand_skip`` (skip a
+random number of records in ``[0, rand_skip)`` at the start), ``prefetch`` (batches read ahead,
+default 4; 0 reads on the main thread).  Tops: ``data`` (N, C, H', W') and optionally ``label`` (N,).
+In data-parallel training each rank reads every N-th record (``set_shard``; see
+``caffeish.layers.data.prefetch``).
 
 Records are raw Datums (uint8 ``data`` or ``float_data``) or encoded ones (an image file, decoded
 to BGR), as Caffe's convert_imageset writes them.  Reading wraps around at the end of the database.
@@ -154,10 +157,8 @@ class DataLayer(PrefetchingDataLayer):
             raise CaffeishError("data_param.source is not set (the database to read)")
         if p.batch_size <= 0:
             raise CaffeishError(f"data_param.batch_size must be positive, not {p.batch_size}")
-        if p.HasField("backend"):
-            backend = backend_name(p.backend, p.source)
-        else:  # Caffe's default is LEVELDB, which is not supported: recognise what is there instead
-            backend = backend_name("auto", p.source)
+        # unset: Caffe's default is LEVELDB, which is refused; the registered backends recognise what is there
+        backend = backend_name(p.backend if p.HasField("backend") else "auto", p.source)
         transform = effective_transform_param(self.param, p, "data_param")
         transformer = DataTransformer(transform, self.phase, self.dtype)
         reader = DatumReader(p.source, backend, int(p.batch_size), transformer, len(top) == 2, self.dtype)
