@@ -1,17 +1,6 @@
 """The MPI world of a data-parallel run: who this process is, waiting without hanging, failing loudly.
 
-MPI is used only when the process was started by an MPI launcher with more than one process
-(``mpiexec -n N``, ``srun``; recognised by the variables the launchers set, before mpi4py is
-imported) or when ``--mpi`` asks for it; otherwise nothing here is imported and training is
-single-process as before.
-
-Every wait for a collective is a poll loop (``World.wait``): it answers failure notices from
-other ranks and gives up after ``timeout`` seconds (``--mpi-timeout``; 0 waits for ever) by ending
-the job, so a peer that hangs does not hang everyone.  A peer that dies is normally seen sooner:
-MPICH's Hydra and Open MPI's mpirun end the whole job when one process dies.  A rank whose code
-raises calls ``World.fail``: it logs the error, sends it to rank 0 (which logs "rank r of N failed:
-..." and calls ``MPI_Abort``) and, should rank 0 not answer within a few seconds (it may be busy
-testing), aborts the job itself.  Either way ``mpiexec`` exits non-zero within seconds.
+mpi4py is imported only when MPI is used (``want_mpi``); ``World`` holds the operations the trainer needs.
 """
 import logging
 import os
@@ -80,7 +69,21 @@ class _RankPrefix(logging.Filter):
 
 
 class World:
-    """This process's place in the job, and the few MPI operations the trainer needs."""
+    """This process's place in the job, and the few MPI operations the trainer needs.
+
+    MPI is used only when the process was started by an MPI launcher with more than one process
+    (``mpiexec -n N``, ``srun``; recognised by the variables the launchers set, before mpi4py is
+    imported) or when ``--mpi`` asks for it; otherwise nothing here is imported and training is
+    single-process as before.
+
+    Every wait for a collective is a poll loop (``wait``): it answers failure notices from other ranks
+    and gives up after ``timeout`` seconds (``--mpi-timeout``; 0 waits for ever) by ending the job, so a
+    peer that hangs does not hang everyone.  A peer that dies is normally seen sooner: MPICH's Hydra and
+    Open MPI's mpirun end the whole job when one process dies.  A rank whose code raises calls
+    ``fail``: it logs the error, sends it to rank 0 (which logs "rank r of N failed: ..." and calls
+    ``MPI_Abort``) and, should rank 0 not answer within a few seconds (it may be busy testing), aborts
+    the job itself.  Either way ``mpiexec`` exits non-zero within seconds.
+    """
 
     def __init__(self, timeout=DEFAULT_TIMEOUT, MPI=None):
         self.MPI = MPI or import_mpi()

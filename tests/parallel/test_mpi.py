@@ -3,7 +3,7 @@
 Each test starts real MPI jobs (``mpiexec``, found on PATH or beside the Python interpreter) on the CPU; the
 module is skipped when mpi4py or mpiexec is missing (``.ci/install_mpi.sh`` installs both).
 
-Data order (see caffeish.parallel.trainer): one process with batch 3 and iter_size 2 reads rows 0-2 and 3-5
+Data order (see caffeish.parallel.replicas): one process with batch 3 and iter_size 2 reads rows 0-2 and 3-5
 in iteration 0; rank 0 of 2 reads rows 0, 2, 4 and rank 1 rows 1, 3, 5.  The iteration sums the gradients
 of the same six rows and divides by 2 either way, so the weights agree to float rounding.
 """

@@ -1,7 +1,7 @@
 """Several replicas in one process (``caffeish.parallel.MultiDeviceSolver``): N replicas == one solver with iter_size N.
 
 The CPU tests run the same trainer as ``caffeish train --gpu 0,1`` with CPU replicas and the host reducer; the GPU
-test runs it on two GPUs with NCCL.  Data order (see caffeish.parallel.trainer): one solver with batch 4 and
+test runs it on two GPUs with NCCL.  Data order (see caffeish.parallel.replicas): one solver with batch 4 and
 iter_size 2 reads records 0-3 and 4-7 in iteration 0; replica 0 of 2 reads records 0, 2, 4, 6 and replica 1
 records 1, 3, 5, 7.  The iteration sums the gradients of the same eight records and divides by 2 either way.
 """
