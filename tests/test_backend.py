@@ -6,12 +6,7 @@ import caffeish
 from caffeish import backend, CaffeishError
 
 needs_gpu = pytest.mark.skipif(not backend.gpu_available(), reason="no CUDA device / CuPy")
-
-
-@pytest.fixture(autouse=True)
-def cpu_after():
-    yield
-    backend.set_mode_cpu()
+pytestmark = pytest.mark.usefixtures("restore_cpu_mode")
 
 
 def test_gpu_mode_without_gpu_is_a_clear_error():

@@ -112,19 +112,16 @@ def test_the_whole_net_is_checked_with_gradients_when_it_learns(monkeypatch):
     assert "the largest blobs: 'x' (1, 1, 1024, 1536) 6.0 MiB" in msg
 
 
-def _hdf5_source(tmp_path, rows=37, files=2):
-    for k in range(files):
-        with h5py.File(tmp_path / f"f{k}.h5", "w") as f:
-            f["data"] = numpy.arange(k * 1000, k * 1000 + rows * 3, dtype=numpy.float32).reshape(rows, 3)
-            f["label"] = numpy.arange(rows, dtype=numpy.float32) + 1000 * k
-    (tmp_path / "list.txt").write_text("".join(f"{tmp_path}/f{k}.h5\n" for k in range(files)))
-    return tmp_path / "list.txt"
+def _hdf5_files(rows=37, files=2):
+    """File k: rows of 3 counting up from 1000 k, labels 1000 k onwards."""
+    return {f"f{k}.h5": {"data": numpy.arange(k * 1000, k * 1000 + rows * 3, dtype=numpy.float32).reshape(rows, 3),
+                         "label": numpy.arange(rows, dtype=numpy.float32) + 1000 * k} for k in range(files)}
 
 
 @pytest.mark.parametrize("shuffle", ["false", "true"])
-def test_hdf5_files_too_large_for_memory_are_streamed(tmp_path, monkeypatch, shuffle):
+def test_hdf5_files_too_large_for_memory_are_streamed(hdf5_source, monkeypatch, shuffle):
     from caffeish.layers.data import hdf5_data
-    source = _hdf5_source(tmp_path)
+    source = hdf5_source(_hdf5_files())
     text = f"""layer {{ name: "d" type: "HDF5Data" top: "data" top: "label"
                         hdf5_data_param {{ source: "{source}" batch_size: 10 shuffle: {shuffle} }} }}"""
 
@@ -153,10 +150,10 @@ def test_hdf5_files_too_large_for_memory_are_streamed(tmp_path, monkeypatch, shu
         numpy.testing.assert_array_equal(b, d)
 
 
-def test_compute_mean_reads_a_database_in_pieces(tmp_path):
+def test_compute_mean_reads_a_database_in_pieces(hdf5_source):
     from caffeish.cli.compute_mean import compute_mean
     from caffeish.data.db import open_db
-    source = _hdf5_source(tmp_path, rows=600, files=1)
+    source = hdf5_source(_hdf5_files(rows=600, files=1))
     with open_db(str(source), "hdf5", "r", batch_rows=64) as db:
         seen = [len(data) for data, _ in db.iter_batches()]
         mean, count = compute_mean(db)

@@ -5,11 +5,9 @@ The cases are those of tests/layers' gradient checks (tests/gpu/cases.py collect
 in TRAIN (Dropout, stochastic pooling) cannot match numpy's draws: on the GPU they are checked against their own
 draws instead.  Without a GPU the parity tests skip; the coverage test and the CPU half still run.
 """
-import h5py
 import numpy
 import pytest
 
-import caffeish
 from caffeish import backend, caffe_pb2
 from caffeish.layer import LAYERS
 
@@ -88,13 +86,10 @@ def test_layer_on_gpu_matches_cpu(case, dtype):
 
 
 @needs_gpu
-def test_hdf5_data_on_gpu(tmp_path):
+def test_hdf5_data_on_gpu(hdf5_source, restore_cpu_mode):
     rows = numpy.arange(24, dtype=numpy.float32).reshape(6, 4)
-    with h5py.File(tmp_path / "d.h5", "w") as f:
-        f["data"], f["label"] = rows, numpy.arange(6, dtype=numpy.float32)
-    (tmp_path / "list.txt").write_text(f"{tmp_path / 'd.h5'}\n")
-    text = f'type: "HDF5Data" top: "data" top: "label" hdf5_data_param {{ source: "{tmp_path / "list.txt"}" ' \
-           'batch_size: 4 }'
+    source = hdf5_source({"d.h5": {"data": rows, "label": numpy.arange(6, dtype=numpy.float32)}})
+    text = f'type: "HDF5Data" top: "data" top: "label" hdf5_data_param {{ source: "{source}" batch_size: 4 }}'
     tops = {}
     for gpu in (False, True):
         case = GradientCase(param=layer_param(text), dtype=numpy.float32, bottoms=[], num_top=2, check_bottom=[])
@@ -104,4 +99,3 @@ def test_hdf5_data_on_gpu(tmp_path):
     for cpu_top, gpu_top in zip(tops[False], tops[True]):
         numpy.testing.assert_array_equal(gpu_top, cpu_top)
     numpy.testing.assert_array_equal(tops[True][0], rows[:4])
-    caffeish.set_mode_cpu()

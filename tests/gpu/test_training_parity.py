@@ -1,6 +1,5 @@
 """LeNet-sized training on the CPU and on the GPU from the same seed, weights and data: the same weights after 20
 iterations of SGD with momentum (float32, so to a tolerance that allows for sums taken in other orders)."""
-import h5py
 import numpy
 import pytest
 
@@ -30,13 +29,11 @@ layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "ip2" bottom: "label" top:
 """
 
 
-def write_solver(tmp_path):
+def write_solver(tmp_path, hdf5_source):
     rng = numpy.random.default_rng(0)
-    with h5py.File(tmp_path / "train.h5", "w") as f:
-        f["data"] = rng.uniform(0, 1, (96, 1, 28, 28)).astype(numpy.float32)
-        f["label"] = rng.integers(0, 10, 96).astype(numpy.float32)
-    (tmp_path / "list.txt").write_text(f"{tmp_path / 'train.h5'}\n")
-    (tmp_path / "net.prototxt").write_text(NET.format(source=tmp_path / "list.txt"))
+    source = hdf5_source({"train.h5": {"data": rng.uniform(0, 1, (96, 1, 28, 28)).astype(numpy.float32),
+                                       "label": rng.integers(0, 10, 96).astype(numpy.float32)}})
+    (tmp_path / "net.prototxt").write_text(NET.format(source=source))
     path = tmp_path / "solver.prototxt"
     path.write_text('net: "net.prototxt"\nbase_lr: 0.01\nmomentum: 0.9\nweight_decay: 0.0005\nlr_policy: "inv"\n'
                     'gamma: 0.0001\npower: 0.75\nmax_iter: 20\ndisplay: 0\nrandom_seed: 3\n')
@@ -45,23 +42,20 @@ def write_solver(tmp_path):
 
 def train(path, gpu, initial=None):
     (caffeish.set_mode_gpu if gpu else caffeish.set_mode_cpu)()
-    try:
-        solver = caffeish.get_solver(path)
-        if initial is not None:
-            for blob, values in zip(solver.net.learnable_params, initial):
-                blob.data[...] = backend.to_current(values, blob.dtype)
-        start = [backend.to_cpu(b.data).copy() for b in solver.net.learnable_params]
-        solver.step(20)
-        loss = float(solver.smoothed_loss)
-        end = [backend.to_cpu(b.data).copy() for b in solver.net.learnable_params]
-        solver.net.close()
-        return start, end, loss
-    finally:
-        caffeish.set_mode_cpu()
+    solver = caffeish.get_solver(path)
+    if initial is not None:
+        for blob, values in zip(solver.net.learnable_params, initial):
+            blob.data[...] = backend.to_current(values, blob.dtype)
+    start = [backend.to_cpu(b.data).copy() for b in solver.net.learnable_params]
+    solver.step(20)
+    loss = float(solver.smoothed_loss)
+    end = [backend.to_cpu(b.data).copy() for b in solver.net.learnable_params]
+    solver.net.close()
+    return start, end, loss
 
 
-def test_lenet_trains_the_same_on_cpu_and_gpu(tmp_path):
-    path = write_solver(tmp_path)
+def test_lenet_trains_the_same_on_cpu_and_gpu(tmp_path, hdf5_source, restore_cpu_mode):
+    path = write_solver(tmp_path, hdf5_source)
     start, cpu, cpu_loss = train(path, gpu=False)
     _, gpu, gpu_loss = train(path, gpu=True, initial=start)
     moved = max(float(numpy.abs(e - s).max()) for s, e in zip(start, cpu))

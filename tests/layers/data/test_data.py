@@ -1,5 +1,4 @@
 """Data layer: real LMDBs of raw and encoded Datums, transforms, wrap-around, prefetch, resume, errors."""
-import gc
 import json
 
 import lmdb
@@ -9,7 +8,6 @@ import pytest
 import caffeish
 from caffeish import CaffeishError, Net, caffe_pb2
 from caffeish import io as cio
-from caffeish.layers.data.prefetch import live_prefetch_threads
 from gradient_check import checks_forward
 from helpers import empty, make_layer
 
@@ -32,20 +30,6 @@ def make_lmdb(path, images, labels, encoded=False, keys=None):
 def random_images(n, shape=(3, 6, 5), seed=0):
     rng = numpy.random.default_rng(seed)
     return [rng.integers(0, 256, size=shape).astype(numpy.uint8) for _ in range(n)], list(range(n))
-
-
-@pytest.fixture
-def opened():
-    """Layers and nets made in a test, closed at its end (no prefetch thread outlives a test)."""
-    made = []
-    yield made
-    for obj in made:
-        for layer in getattr(obj, "layers", [obj]):
-            if hasattr(layer, "close"):
-                layer.close()
-    made.clear()
-    gc.collect()
-    assert not live_prefetch_threads()
 
 
 def data_layer(opened, db, extra="", ntop=2, phase=caffe_pb2.TRAIN, batch=4, prefetch=True):

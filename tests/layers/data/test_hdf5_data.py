@@ -1,50 +1,25 @@
 """HDF5Data: several files, rows across file boundaries, shuffle (each row once per epoch), resume, errors."""
-import gc
 import json
 import os
 
-import h5py
 import numpy
 import pytest
 
 import caffeish
 from caffeish import CaffeishError, Net, caffe_pb2
-from caffeish.layers.data.prefetch import live_prefetch_threads
 from gradient_check import checks_forward
 from helpers import empty, make_layer
 
 
-def write_h5(path, data, label, **extra):
-    with h5py.File(path, "w") as f:
-        f["data"] = data
-        f["label"] = label
-        for k, v in extra.items():
-            f[k] = v
-
-
-def make_files(folder, rows=(4, 3, 5), shape=(2, 3)):
+def make_files(hdf5_source, rows=(4, 3, 5), shape=(2, 3)):
     """Files whose row r of the whole sequence holds value r everywhere (label r too); list with relative names."""
-    names, start = [], 0
+    files, start = {}, 0
     for i, n in enumerate(rows):
         ids = numpy.arange(start, start + n)
-        write_h5(folder / f"part{i}.h5", numpy.broadcast_to(ids.reshape((n,) + (1,) * len(shape)), (n,) + shape)
-                 .astype(numpy.float64), ids.astype(numpy.int32))
-        names.append(f"part{i}.h5")
+        files[f"part{i}.h5"] = {"data": numpy.broadcast_to(ids.reshape((n,) + (1,) * len(shape)), (n,) + shape)
+                                .astype(numpy.float64), "label": ids.astype(numpy.int32)}
         start += n
-    (folder / "list.txt").write_text("\n".join(names) + "\n")
-    return str(folder / "list.txt"), start
-
-
-@pytest.fixture
-def opened():
-    made = []
-    yield made
-    for obj in made:
-        for layer in getattr(obj, "layers", [obj]):
-            if hasattr(layer, "close"):
-                layer.close()
-    gc.collect()
-    assert not live_prefetch_threads()
+    return str(hdf5_source(files, relative=True)), start
 
 
 def hdf5_layer(opened, source, batch=4, shuffle=False, tops=("data", "label"), prefetch=True, extra=""):
@@ -69,8 +44,8 @@ def labels_of(layer, top, n):
 
 
 @checks_forward("HDF5Data")
-def test_hdf5_rows_across_files_in_order(tmp_path, opened, monkeypatch):
-    source, total = make_files(tmp_path)
+def test_hdf5_rows_across_files_in_order(hdf5_source, opened, monkeypatch):
+    source, total = make_files(hdf5_source)
     monkeypatch.chdir("/")  # names resolve against the list file's directory
     layer, top = hdf5_layer(opened, source, batch=5)
     assert top[0].shape == (5, 2, 3) and top[1].shape == (5,)
@@ -81,8 +56,8 @@ def test_hdf5_rows_across_files_in_order(tmp_path, opened, monkeypatch):
 
 
 @checks_forward("HDF5Data")
-def test_hdf5_shuffle_sees_every_row_once_per_epoch(tmp_path, opened):
-    source, total = make_files(tmp_path, rows=(4, 4, 4))
+def test_hdf5_shuffle_sees_every_row_once_per_epoch(hdf5_source, opened):
+    source, total = make_files(hdf5_source, rows=(4, 4, 4))
     caffeish.set_random_seed(1)
     layer, top = hdf5_layer(opened, source, batch=3, shuffle=True)
     got = labels_of(layer, top, 12)  # 3 epochs of 12 rows
@@ -95,17 +70,17 @@ def test_hdf5_shuffle_sees_every_row_once_per_epoch(tmp_path, opened):
         assert sorted({x // 4 for x in e[:4]}) == [e[0] // 4]
 
 
-def test_hdf5_single_file_reshuffles_each_pass(tmp_path, opened):
-    write_h5(tmp_path / "one.h5", numpy.arange(6, dtype=numpy.float32)[:, None], numpy.arange(6))
-    (tmp_path / "l.txt").write_text(f"{tmp_path / 'one.h5'}\n")
+def test_hdf5_single_file_reshuffles_each_pass(hdf5_source, opened):
+    source = hdf5_source({"one.h5": {"data": numpy.arange(6, dtype=numpy.float32)[:, None], "label": numpy.arange(6)}},
+                         "l.txt")
     caffeish.set_random_seed(2)
-    layer, top = hdf5_layer(opened, tmp_path / "l.txt", batch=6, shuffle=True)
+    layer, top = hdf5_layer(opened, source, batch=6, shuffle=True)
     a, b = labels_of(layer, top, 1), labels_of(layer, top, 1)
     assert sorted(a) == sorted(b) == list(range(6)) and a != b
 
 
-def test_hdf5_prefetch_and_resume(tmp_path, opened):
-    source, total = make_files(tmp_path, rows=(5, 2, 6))
+def test_hdf5_prefetch_and_resume(hdf5_source, opened):
+    source, total = make_files(hdf5_source, rows=(5, 2, 6))
     caffeish.set_random_seed(3)
     layer, top = hdf5_layer(opened, source, batch=4, shuffle=True)
     first = labels_of(layer, top, 3)
@@ -120,17 +95,17 @@ def test_hdf5_prefetch_and_resume(tmp_path, opened):
     assert labels_of(resumed, resumed_top, 6) == rest
 
 
-def test_hdf5_other_dataset_names_and_shapes(tmp_path, opened):
-    write_h5(tmp_path / "a.h5", numpy.zeros((3, 2)), numpy.zeros(3), weights=numpy.arange(12).reshape(3, 4))
-    (tmp_path / "l.txt").write_text("a.h5")
-    layer, top = hdf5_layer(opened, tmp_path / "l.txt", batch=2, tops=("weights",))
+def test_hdf5_other_dataset_names_and_shapes(hdf5_source, opened):
+    source = hdf5_source({"a.h5": {"data": numpy.zeros((3, 2)), "label": numpy.zeros(3),
+                                   "weights": numpy.arange(12).reshape(3, 4)}}, "l.txt", relative=True)
+    layer, top = hdf5_layer(opened, source, batch=2, tops=("weights",))
     assert top[0].shape == (2, 4)
     layer.Forward([], top)
     numpy.testing.assert_array_equal(top[0].data, [[0, 1, 2, 3], [4, 5, 6, 7]])
 
 
-def test_hdf5_errors(tmp_path, opened):
-    source, _ = make_files(tmp_path)
+def test_hdf5_errors(tmp_path, hdf5_source, opened):
+    source, _ = make_files(hdf5_source)
     with pytest.raises(CaffeishError, match=r"part0.h5.*no dataset 'nope'"):
         hdf5_layer(opened, source, tops=("data", "nope"))
     (tmp_path / "missing.txt").write_text("part0.h5\nghost.h5\n")
@@ -141,14 +116,14 @@ def test_hdf5_errors(tmp_path, opened):
         hdf5_layer(opened, tmp_path / "empty.txt")
     with pytest.raises(CaffeishError, match="does not transform data"):
         hdf5_layer(opened, source, extra="transform_param { scale: 2 }")
-    write_h5(tmp_path / "wide.h5", numpy.zeros((2, 2, 4)), numpy.zeros(2))
+    hdf5_source({"wide.h5": {"data": numpy.zeros((2, 2, 4)), "label": numpy.zeros(2)}}, list_name=None)
     (tmp_path / "mixed.txt").write_text("part0.h5 wide.h5")
     with pytest.raises(CaffeishError, match=r"wide.h5: dataset 'data' has rows of shape \(2, 4\)"):
         hdf5_layer(opened, tmp_path / "mixed.txt")
-    write_h5(tmp_path / "uneven.h5", numpy.zeros((3, 2)), numpy.zeros(2))
-    (tmp_path / "uneven.txt").write_text("uneven.h5")
+    uneven = hdf5_source({"uneven.h5": {"data": numpy.zeros((3, 2)), "label": numpy.zeros(2)}}, "uneven.txt",
+                         relative=True)
     with pytest.raises(CaffeishError, match="dataset 'label' has 2 rows but 'data' has 3"):
-        hdf5_layer(opened, tmp_path / "uneven.txt")
+        hdf5_layer(opened, uneven)
     # A file that goes away after setup: the error comes from the thread, on forward.
     layer, top = hdf5_layer(opened, source, batch=4)
     os.remove(tmp_path / "part1.h5")
@@ -157,13 +132,13 @@ def test_hdf5_errors(tmp_path, opened):
         layer.Forward([], top)
 
 
-def test_hdf5_data_in_a_net(tmp_path, opened):
+def test_hdf5_data_in_a_net(hdf5_source, opened):
     rng = numpy.random.default_rng(0)
-    write_h5(tmp_path / "t.h5", rng.normal(size=(10, 4)).astype(numpy.float32), rng.integers(0, 3, 10))
-    (tmp_path / "l.txt").write_text("t.h5\n")
+    source = hdf5_source({"t.h5": {"data": rng.normal(size=(10, 4)).astype(numpy.float32),
+                                   "label": rng.integers(0, 3, 10)}}, "l.txt", relative=True)
     net = Net(f"""
         layer {{ name: "data" type: "HDF5Data" top: "data" top: "label"
-                hdf5_data_param {{ source: "{tmp_path / 'l.txt'}" batch_size: 5 }} }}
+                hdf5_data_param {{ source: "{source}" batch_size: 5 }} }}
         layer {{ name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
                 inner_product_param {{ num_output: 3 weight_filler {{ type: "xavier" }} }} }}
         layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }}

@@ -1,5 +1,4 @@
 """ImageData: image files from a list, BGR decoding, resize, shuffle per epoch, rand_skip, errors."""
-import gc
 import json
 import os
 import time
@@ -37,18 +36,6 @@ def write_list(folder, n, names=None, labels=None):
     lines = [f"{names[i] if names else f'img {i}.png'} {labels[i] if labels else 10 + i}" for i in range(n)]
     (folder / "list.txt").write_text("\n".join(lines) + "\n")
     return str(folder / "list.txt")
-
-
-@pytest.fixture
-def opened():
-    made = []
-    yield made
-    for obj in made:
-        for layer in getattr(obj, "layers", [obj]):
-            if hasattr(layer, "close"):
-                layer.close()
-    gc.collect()
-    assert not live_prefetch_threads()
 
 
 def image_layer(opened, source, root, params="", extra="", batch=3, phase=caffe_pb2.TRAIN, prefetch=True):

@@ -250,20 +250,17 @@ def test_bad_state_is_refused(layers):
 
 
 @pytest.mark.skipif(not caffeish.backend.gpu_available(), reason="needs a GPU")
-def test_gpu_batches_are_copied_ahead(layers):
+def test_gpu_batches_are_copied_ahead(layers, restore_cpu_mode):
     import cupy
     caffeish.set_mode_gpu()
-    try:
-        caffeish.set_random_seed(2)
-        layer, top = layers(True)
-        got = batches(layer, top, 3)
-        assert isinstance(layer._holder.worker.queue.get()[1][0], cupy.ndarray)
-        caffeish.set_random_seed(2)
-        plain = batches(*layers(False), 3)
-        assert_same([(cupy.asnumpy(a), cupy.asnumpy(b)) for a, b in got],
-                    [(cupy.asnumpy(a), cupy.asnumpy(b)) for a, b in plain])
-    finally:
-        caffeish.set_mode_cpu()
+    caffeish.set_random_seed(2)
+    layer, top = layers(True)
+    got = batches(layer, top, 3)
+    assert isinstance(layer._holder.worker.queue.get()[1][0], cupy.ndarray)
+    caffeish.set_random_seed(2)
+    plain = batches(*layers(False), 3)
+    assert_same([(cupy.asnumpy(a), cupy.asnumpy(b)) for a, b in got],
+                [(cupy.asnumpy(a), cupy.asnumpy(b)) for a, b in plain])
 
 
 def test_forward_counts_the_time_it_waits_for_the_thread(layers):
