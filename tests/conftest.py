@@ -3,6 +3,7 @@
 The fixtures import caffeish (and h5py) only when a test asks for them, so a module that needs none of them
 collects without them.
 """
+import functools
 import gc
 import os
 import sys
@@ -43,6 +44,17 @@ def restore_cpu_mode():
     from caffeish import backend
     yield
     backend.set_mode_cpu()
+
+
+@pytest.fixture
+def cli(capsys):
+    """The caffeish command line run in this process (no interpreter start-up: for many quick cases).
+
+    ``cli(*args)`` returns ``(exit code, stdout, stderr)`` of that run alone (``helpers.caffeish_in_process``
+    with this test's capsys); the caffeish logger is put back as it was after each run.
+    """
+    from helpers import caffeish_in_process
+    return functools.partial(caffeish_in_process, capsys)
 
 
 @pytest.fixture

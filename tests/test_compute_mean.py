@@ -13,13 +13,6 @@ from PIL import Image
 from caffeish import caffe_pb2
 from caffeish import io as cio
 from caffeish.data import converters
-from helpers import caffeish_in_process
-
-
-def cli(capsys, *args):
-    """(exit code, stderr) of the CLI run in this process."""
-    code, _, err = caffeish_in_process(capsys, *args)
-    return code, err
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -57,7 +50,7 @@ def test_mean_of_lmdb_and_hdf5_matches_numpy(tmp_path, data):
         numpy.testing.assert_allclose(cio.read_mean_binaryproto(out), expected, rtol=1e-6)
 
 
-def test_mean_of_encoded_and_float_datums(tmp_path, capsys):
+def test_mean_of_encoded_and_float_datums(tmp_path, cli):
     rng = numpy.random.default_rng(1)
     (tmp_path / "imgs").mkdir()
     images = rng.integers(0, 256, (3, 4, 5, 3), dtype=numpy.uint8)
@@ -65,7 +58,7 @@ def test_mean_of_encoded_and_float_datums(tmp_path, capsys):
         Image.fromarray(im).save(tmp_path / "imgs" / f"{i}.png")
     (tmp_path / "list.txt").write_text("".join(f"{i}.png {i}\n" for i in range(3)))
     converters.convert_imageset(tmp_path / "imgs", tmp_path / "list.txt", tmp_path / "enc", encoded=True)
-    code, err = cli(capsys, "compute-mean", tmp_path / "enc", tmp_path / "enc.binaryproto")
+    code, _, err = cli("compute-mean", tmp_path / "enc", tmp_path / "enc.binaryproto")
     assert code == 0, err
     expected = images[:, :, :, ::-1].transpose(0, 3, 1, 2).astype(numpy.float64).mean(axis=0)  # BGR
     numpy.testing.assert_allclose(cio.read_mean_binaryproto(tmp_path / "enc.binaryproto"), expected, rtol=1e-6)
@@ -73,32 +66,32 @@ def test_mean_of_encoded_and_float_datums(tmp_path, capsys):
     floats = rng.standard_normal((4, 2, 3, 3))
     numpy.savez(tmp_path / "f.npz", data=floats, label=numpy.zeros(4))
     converters.convert_npz(tmp_path / "f.npz", tmp_path / "f")
-    code, err = cli(capsys, "compute-mean", tmp_path / "f")  # no OUT: only the per-channel means
+    code, _, err = cli("compute-mean", tmp_path / "f")  # no OUT: only the per-channel means
     assert code == 0 and not (tmp_path / "f.binaryproto").exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".binaryproto") == ["enc.binaryproto"]
 
 
-def test_mean_errors_are_clear(tmp_path, capsys):
+def test_mean_errors_are_clear(tmp_path, cli):
     proc = caffeish("compute-mean", tmp_path / "missing_lmdb", tmp_path / "m.binaryproto")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert f"{tmp_path / 'missing_lmdb'}: database does not exist" in proc.stderr
 
     (tmp_path / "plain").mkdir()
-    code, err = cli(capsys, "compute-mean", tmp_path / "plain", "--backend", "lmdb")
+    code, _, err = cli("compute-mean", tmp_path / "plain", "--backend", "lmdb")
     assert code == 1 and "is not an LMDB" in err and "Traceback" not in err
-    code, err = cli(capsys, "compute-mean", tmp_path / "plain", "--backend", "leveldb")
+    code, _, err = cli("compute-mean", tmp_path / "plain", "--backend", "leveldb")
     assert code == 1 and "LevelDB is not supported; convert to LMDB" in err
 
     env = lmdb.open(str(tmp_path / "empty"), map_size=1 << 20)
     env.close()
-    code, err = cli(capsys, "compute-mean", tmp_path / "empty")
+    code, _, err = cli("compute-mean", tmp_path / "empty")
     assert code == 1 and f"{tmp_path / 'empty'}: the database is empty" in err
 
     env = lmdb.open(str(tmp_path / "junk"), map_size=1 << 20)
     with env.begin(write=True) as txn:
         txn.put(b"k", b"\xff garbage")
     env.close()
-    code, err = cli(capsys, "compute-mean", tmp_path / "junk")
+    code, _, err = cli("compute-mean", tmp_path / "junk")
     assert code == 1 and "holds no Datums" in err
 
     (tmp_path / "imgs").mkdir()
@@ -106,6 +99,6 @@ def test_mean_errors_are_clear(tmp_path, capsys):
     Image.new("RGB", (5, 4)).save(tmp_path / "imgs" / "b.png")
     (tmp_path / "list.txt").write_text("a.png 0\nb.png 1\n")
     converters.convert_imageset(tmp_path / "imgs", tmp_path / "list.txt", tmp_path / "mixed")
-    code, err = cli(capsys, "compute-mean", tmp_path / "mixed", tmp_path / "m.binaryproto")
+    code, _, err = cli("compute-mean", tmp_path / "mixed", tmp_path / "m.binaryproto")
     assert code == 1 and "record b'00000001_b.png' is (3, 4, 5)" in err and "one image size" in err
     assert not (tmp_path / "m.binaryproto").exists()

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from test_parse_log import CAFFE_LOG
-from helpers import caffeish_in_process as cli, caffeish_run as run
+from helpers import caffeish_run as run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -65,7 +65,7 @@ def _two_logs(tmp_path):
 
 
 
-def test_caffe_chart_types_with_two_logs(tmp_path, capsys):
+def test_caffe_chart_types_with_two_logs(tmp_path, cli):
     pytest.importorskip("matplotlib")
     from PIL import Image
     logs = _two_logs(tmp_path)
@@ -73,7 +73,7 @@ def test_caffe_chart_types_with_two_logs(tmp_path, capsys):
     assert proc.returncode == 0, proc.stderr
     for chart, description in enumerate(DESCRIPTIONS):
         out = tmp_path / f"chart{chart}.png"
-        code, stdout, stderr = cli(capsys, "plot", chart, out, *logs)
+        code, stdout, stderr = cli("plot", chart, out, *logs)
         assert code == 0, stderr
         # one line per log, labelled by the log's name (the first log has two accuracy outputs: two lines)
         labels = "lenet accuracy, lenet accuracy#1, rerun" if chart < 2 else "lenet, rerun"
@@ -112,22 +112,22 @@ def test_caffe_charts_draw_the_logs_numbers(tmp_path):
     assert seconds == pytest.approx([0.6, 117.4]) and loss == [2.37781, 0.21]
 
 
-def test_unknown_chart_type_lists_the_eight(tmp_path, capsys):
+def test_unknown_chart_type_lists_the_eight(tmp_path, cli):
     logs = _two_logs(tmp_path)
     proc = run("plot", "8", str(tmp_path / "x.png"), *logs)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and "unknown chart type '8'" in proc.stderr
     for k, description in enumerate(DESCRIPTIONS):
         assert f"{k}: {description}" in proc.stderr
-    code, _, err = cli(capsys, "plot", "-1", tmp_path / "x.png", *logs)
+    code, _, err = cli("plot", "-1", tmp_path / "x.png", *logs)
     assert code == 1 and "unknown chart type '-1'" in err and "7: Train loss vs. Seconds" in err
-    code, _, err = cli(capsys, "plot", "2", tmp_path / "x.png")
+    code, _, err = cli("plot", "2", tmp_path / "x.png")
     assert code == 1 and "give the training log(s)" in err
-    code, _, err = cli(capsys, "plot", "a", "b", "c")
+    code, _, err = cli("plot", "a", "b", "c")
     assert code == 1 and "plot takes LOG OUT, or CHART_TYPE OUT LOG" in err
     assert not (tmp_path / "x.png").exists()
 
 
-def test_caffe_chart_without_its_values_names_the_log(tmp_path, capsys):
+def test_caffe_chart_without_its_values_names_the_log(tmp_path, cli):
     pytest.importorskip("matplotlib")
     lenet, _ = _two_logs(tmp_path)
     plain = tmp_path / "plain.log"  # no timestamps, no test pass
@@ -136,11 +136,11 @@ def test_caffe_chart_without_its_values_names_the_log(tmp_path, capsys):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "chart 7 (Train loss vs. Seconds)" in proc.stderr and f"{plain} has none" in proc.stderr
     assert "glog timestamps" in proc.stderr
-    code, _, err = cli(capsys, "plot", "0", tmp_path / "x.png", plain)
+    code, _, err = cli("plot", "0", tmp_path / "x.png", plain)
     assert code == 1 and "accuracy values ('Test net output' lines" in err
-    code, _, err = cli(capsys, "plot", "6", tmp_path / "x.png", tmp_path / "missing.log")
+    code, _, err = cli("plot", "6", tmp_path / "x.png", tmp_path / "missing.log")
     assert code == 1 and f"cannot read {tmp_path / 'missing.log'}" in err
-    code, _, err = cli(capsys, "plot", "6", tmp_path / "no_dir" / "x.png", plain)
+    code, _, err = cli("plot", "6", tmp_path / "no_dir" / "x.png", plain)
     assert code == 1 and f"cannot write the plot {tmp_path / 'no_dir' / 'x.png'}" in err
     assert not (tmp_path / "x.png").exists()
-    assert cli(capsys, "plot", "6", tmp_path / "x.png", plain)[0] == 0  # Iters charts need no timestamps
+    assert cli("plot", "6", tmp_path / "x.png", plain)[0] == 0  # Iters charts need no timestamps

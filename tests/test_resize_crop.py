@@ -3,7 +3,7 @@ import os
 
 import numpy
 from PIL import Image
-from helpers import caffeish_in_process as cli, caffeish_run as run
+from helpers import caffeish_run as run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,7 +54,7 @@ def test_shorter_side_then_centre_crop(tmp_path):
     assert not [p for p in out.rglob(".tmp*")]
 
 
-def test_caffe_flags_and_a_list_file(tmp_path, capsys):
+def test_caffe_flags_and_a_list_file(tmp_path, cli):
     wide, _ = make_images(tmp_path / "in")
     listing = tmp_path / "list.txt"
     listing.write_text(f"wide.png 3\n\n{tmp_path / 'in' / 'sub' / 'photo.jpg'} 1\n")  # absolute inside: allowed
@@ -66,13 +66,13 @@ def test_caffe_flags_and_a_list_file(tmp_path, capsys):
     got = rgb(tmp_path / "out" / "wide.png")
     assert got.shape == (4, 4, 3)  # 8 x 12 -> 4 x 6, columns 1 .. 4
     # an existing output is replaced whole
-    code, _, err = cli(capsys, "resize-and-crop", tmp_path / "in", tmp_path / "out", "--list", listing,
+    code, _, err = cli("resize-and-crop", tmp_path / "in", tmp_path / "out", "--list", listing,
                        "--output-side-length", 8)
     assert code == 0, err
     numpy.testing.assert_array_equal(rgb(tmp_path / "out" / "wide.png"), wide[:, 2:10])
 
 
-def test_bad_input_is_clear_and_writes_nothing(tmp_path, capsys):
+def test_bad_input_is_clear_and_writes_nothing(tmp_path, cli):
     make_images(tmp_path / "in")
     out = tmp_path / "out"
     proc = run("resize-and-crop", tmp_path / "missing", out)
@@ -93,10 +93,10 @@ def test_bad_input_is_clear_and_writes_nothing(tmp_path, capsys):
         ((tmp_path / "in", out, "--input-folder", tmp_path / "empty"), "the input folder is given twice and differs"),
     ]
     for args, message in cases:
-        code, _, err = cli(capsys, "resize-and-crop", *args)
+        code, _, err = cli("resize-and-crop", *args)
         assert code == 1 and message in err, (args, err)
     (tmp_path / "only_bad").mkdir()
     (tmp_path / "only_bad" / "bad.png").write_bytes(b"not a png")
-    code, _, err = cli(capsys, "resize-and-crop", tmp_path / "only_bad", out)
+    code, _, err = cli("resize-and-crop", tmp_path / "only_bad", out)
     assert code == 1 and "none of the 1 images could be read" in err
     assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()]

@@ -14,7 +14,6 @@ from caffeish import CaffeishError, Net, caffe_pb2
 from caffeish.prototxt import parse_text, read_net_param, read_solver_param
 from caffeish.upgrade import (V1_TYPE_NAMES, V1_TYPES, net_needs_upgrade, upgrade_net, upgrade_solver,
                               upgrade_solver_type)
-from helpers import caffeish_in_process as cli
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "models" / "lenet" / "lenet_deploy.prototxt"
@@ -284,19 +283,19 @@ def test_binary_v1_caffemodel_loads_into_the_deploy_net(tmp_path, caplog):
             numpy.testing.assert_array_equal(blob.data, array.reshape(blob.shape))
 
 
-def test_upgrade_net_cli(tmp_path, capsys):
+def test_upgrade_net_cli(tmp_path, cli):
     v1 = tmp_path / "lenet_v1.prototxt"
     v1.write_text(LENET_V1)
     out = tmp_path / "lenet.prototxt"
     proc = caffeish_cli("upgrade-net", str(v1), str(out))
     assert "upgraded" in proc.stdout and str(v1) in proc.stderr       # the INFO lines name the file
     assert read_net_param(out) == net(LENET_V2) and "layers {" not in out.read_text()
-    code, stdout, _ = cli(capsys, "upgrade-net", out, tmp_path / "again.prototxt")
+    code, stdout, _ = cli("upgrade-net", out, tmp_path / "again.prototxt")
     assert code == 0 and "already in the latest format" in stdout
-    code, _, stderr = cli(capsys, "upgrade-net", v1, v1)
+    code, _, stderr = cli("upgrade-net", v1, v1)
     assert code == 1 and "refusing to overwrite" in stderr and "Traceback" not in stderr
     assert v1.read_text() == LENET_V1
-    assert cli(capsys, "upgrade-net", v1, "-in_place")[0] == 0
+    assert cli("upgrade-net", v1, "-in_place")[0] == 0
     assert read_net_param(v1) == net(LENET_V2)
     # Binary in, binary out: Caffe's upgrade_net_proto_binary.
     model = tmp_path / "lenet_v1.caffemodel"
@@ -308,7 +307,7 @@ def test_upgrade_net_cli(tmp_path, capsys):
     assert upgraded.layer[0].type == "Convolution" and len(upgraded.layer[0].blobs) == 2
 
 
-def test_upgrade_solver_cli(tmp_path, capsys):
+def test_upgrade_solver_cli(tmp_path, cli):
     solver = tmp_path / "solver.prototxt"
     solver.write_text('net: "lenet.prototxt" base_lr: 0.01 solver_type: ADAGRAD\n')
     out = tmp_path / "new_solver.prototxt"
@@ -316,7 +315,7 @@ def test_upgrade_solver_cli(tmp_path, capsys):
     assert "upgraded" in proc.stdout and str(solver) in proc.stderr
     param = parse_text(out.read_text(), caffe_pb2.SolverParameter())
     assert param.type == "AdaGrad" and not param.HasField("solver_type") and param.net == "lenet.prototxt"
-    code, stdout, _ = cli(capsys, "upgrade-solver", out, tmp_path / "same.prototxt")
+    code, stdout, _ = cli("upgrade-solver", out, tmp_path / "same.prototxt")
     assert code == 0 and "already in the latest format" in stdout
-    code, _, stderr = cli(capsys, "upgrade-solver", solver)
+    code, _, stderr = cli("upgrade-solver", solver)
     assert code == 1 and "--in-place" in stderr
