@@ -1,13 +1,14 @@
 """Shared pytest fixtures (and the fuzz-count report).
 
-The fixtures import caffeish (and h5py) only when a test asks for them, so a module that needs none of them
-collects without them.
+The fixtures import caffeish (and h5py, PIL) only when a test asks for them, so a module that needs none of
+them collects without them.
 """
 import functools
 import gc
 import os
 import sys
 
+import numpy
 import pytest
 
 # Tests import their shared helpers (gradient_check, helpers) as top-level modules.
@@ -78,4 +79,47 @@ def hdf5_source(tmp_path):
         listing = tmp_path / list_name
         listing.write_text("".join(f"{name if relative else tmp_path / name}\n" for name in files))
         return listing
+    return write
+
+
+@pytest.fixture
+def saved_net(tmp_path):
+    """Writes a net and the weights it starts with.
+
+    ``saved_net(text, weights, seed=None, model="deploy.prototxt")`` writes ``text`` to tmp_path/``model``,
+    builds the net in the TEST phase (right after ``set_random_seed(seed)`` when a seed is given, so its
+    fillers repeat) and saves its weights to tmp_path/``weights``.  Returns ``(model path, weights path)``
+    as strings.
+    """
+    import caffeish
+
+    def write(text, weights, seed=None, model="deploy.prototxt"):
+        model_path, weights_path = tmp_path / model, tmp_path / weights
+        model_path.write_text(text)
+        if seed is not None:
+            caffeish.set_random_seed(seed)
+        with caffeish.Net(str(model_path), caffeish.TEST) as net:
+            net.save(str(weights_path))
+        return str(model_path), str(weights_path)
+    return write
+
+
+@pytest.fixture
+def random_pngs(tmp_path):
+    """Writes PNGs of uniform random pixels.
+
+    ``random_pngs({"a.png": (20, 24, 3), "g.png": (28, 28)}, seed=0)`` draws each image in turn from one
+    generator seeded with ``seed`` (an (h, w, 3) shape is RGB, (h, w) grey) and saves it under tmp_path.
+    Returns the paths as strings, in the same order.
+    """
+    from PIL import Image
+
+    def write(shapes, seed):
+        rng = numpy.random.default_rng(seed)
+        paths = []
+        for name, shape in shapes.items():
+            path = tmp_path / name
+            Image.fromarray((rng.random(shape) * 255).astype(numpy.uint8)).save(path)
+            paths.append(str(path))
+        return paths
     return write

@@ -1,7 +1,6 @@
 """A pycaffe classification script, run with ``import caffeish as caffe``; and pycaffe's Classifier."""
 import numpy
 import pytest
-from PIL import Image
 
 import caffeish as caffe
 from caffeish.classifier import Classifier
@@ -20,19 +19,11 @@ MEAN = numpy.array([100.0, 110.0, 120.0])  # BGR, as the net sees it
 
 
 @pytest.fixture
-def tiny(tmp_path):
-    model = tmp_path / "deploy.prototxt"
-    model.write_text(DEPLOY)
-    caffe.set_random_seed(7)
-    weights = tmp_path / "tiny.caffemodel"
-    caffe.Net(str(model), caffe.TEST).save(str(weights))
-    rng = numpy.random.default_rng(0)
-    paths = []
-    for i, size in enumerate([(8, 8), (12, 9), (5, 16), (8, 8), (20, 20)]):
-        path = tmp_path / f"im{i}.png"
-        Image.fromarray((rng.random(size + (3,)) * 255).astype(numpy.uint8)).save(path)
-        paths.append(str(path))
-    return str(model), str(weights), paths
+def tiny(saved_net, random_pngs):
+    model, weights = saved_net(DEPLOY, "tiny.caffemodel", seed=7)
+    paths = random_pngs({f"im{i}.png": size + (3,) for i, size in enumerate([(8, 8), (12, 9), (5, 16), (8, 8), (20, 20)])},
+                        seed=0)
+    return model, weights, paths
 
 
 def one_by_one(net, data):

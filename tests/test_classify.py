@@ -32,34 +32,24 @@ def results(stdout):
 
 
 @pytest.fixture
-def lenet(tmp_path):
+def lenet(saved_net):
     """LeNet deploy with batch 2 (so three images take two batches) and weights saved by Net.save."""
     with open(os.path.join(ROOT, "models", "lenet", "lenet_deploy.prototxt"), encoding="utf-8") as f:
         text = f.read()
-    model = tmp_path / "deploy.prototxt"
-    model.write_text(text.replace("dim: 64", "dim: 2", 1))
-    caffeish.set_random_seed(3)
-    weights = tmp_path / "lenet.caffemodel"
-    caffeish.Net(str(model), caffeish.TEST).save(str(weights))
-    return str(model), str(weights)
+    return saved_net(text.replace("dim: 64", "dim: 2", 1), "lenet.caffemodel", seed=3)
 
 
-def test_lenet_top_k_with_labels(tmp_path, lenet):
+def test_lenet_top_k_with_labels(tmp_path, lenet, random_pngs):
     model, weights = lenet
-    rng = numpy.random.default_rng(0)
-    images = []
-    for i, size in enumerate([(28, 28), (40, 31), (12, 20)]):
-        path = tmp_path / f"digit{i}.png"
-        Image.fromarray((rng.random(size) * 255).astype(numpy.uint8)).save(path)
-        images.append(str(path))
-    colour = tmp_path / "colour.png"  # a colour image goes grey for a 1-channel net
-    Image.fromarray((rng.random((30, 30, 3)) * 255).astype(numpy.uint8)).save(colour)
+    # three grey digits, then a colour image (it goes grey for a 1-channel net)
+    *images, colour = random_pngs({"digit0.png": (28, 28), "digit1.png": (40, 31), "digit2.png": (12, 20),
+                                   "colour.png": (30, 30, 3)}, seed=0)
     labels = tmp_path / "labels.txt"
     labels.write_text("\n".join(DIGITS) + "\n")
     proc = run("classify", "--model", model, "--weights", weights, "--labels", str(labels), "--top-k", "3",
-               "--raw-scale", "1", *images, str(colour), images[0])
+               "--raw-scale", "1", *images, colour, images[0])
     found = results(proc.stdout)
-    assert list(found) == images + [str(colour)] and proc.stdout.count(images[0] + "\n") == 2  # and once more
+    assert list(found) == images + [colour] and proc.stdout.count(images[0] + "\n") == 2  # and once more
     for top in found.values():
         assert len(top) == 3
         probs = [p for p, _, _ in top]
@@ -70,21 +60,20 @@ def test_lenet_top_k_with_labels(tmp_path, lenet):
     assert "does not look like probabilities" not in proc.stderr
 
 
-def identity_net(tmp_path):
+@pytest.fixture
+def identity_net(tmp_path, saved_net):
     """A net whose output is its input: classify prints the preprocessed pixel values."""
-    model = tmp_path / "identity.prototxt"
-    model.write_text('name: "id" layer { name: "data" type: "Input" top: "data" '
-                     "input_param { shape { dim: 1 dim: 3 dim: 1 dim: 1 } } }\n")
-    weights = tmp_path / "identity.caffemodel"
-    caffeish.Net(str(model), caffeish.TEST).save(str(weights))
+    model, weights = saved_net('name: "id" layer { name: "data" type: "Input" top: "data" '
+                               "input_param { shape { dim: 1 dim: 3 dim: 1 dim: 1 } } }\n", "identity.caffemodel",
+                               model="identity.prototxt")
     red = tmp_path / "red.png"
     Image.new("RGB", (7, 5), (255, 0, 0)).save(red)
-    return str(model), str(weights), str(red)
+    return model, weights, str(red)
 
 
 @pytest.mark.parametrize("mean", ["value", "npy", "npy-other-size"])
-def test_preprocessing_is_pycaffes_bgr_raw_scale_mean_scale(tmp_path, mean):
-    model, weights, red = identity_net(tmp_path)
+def test_preprocessing_is_pycaffes_bgr_raw_scale_mean_scale(tmp_path, mean, identity_net):
+    model, weights, red = identity_net
     if mean == "value":
         flags = ["--mean-value", "10,20,30"]
     else:

@@ -5,9 +5,7 @@ import os
 
 import numpy
 import pytest
-from PIL import Image
 
-import caffeish
 from caffeish import io as cio
 from caffeish.detector import Detector
 from caffeish.errors import CaffeishError
@@ -27,19 +25,10 @@ MEAN = numpy.array([100.0, 110.0, 120.0])  # BGR
 
 
 @pytest.fixture
-def setup(tmp_path):
-    model = tmp_path / "deploy.prototxt"
-    model.write_text(DEPLOY)
-    caffeish.set_random_seed(2)
-    weights = tmp_path / "win.caffemodel"
-    caffeish.Net(str(model), caffeish.TEST).save(str(weights))
-    rng = numpy.random.default_rng(4)
-    paths = []
-    for name, size in (("a.png", (20, 24)), ("b c.png", (16, 16))):
-        path = tmp_path / name
-        Image.fromarray((rng.random(size + (3,)) * 255).astype(numpy.uint8)).save(path)
-        paths.append(str(path))
-    return str(model), str(weights), paths
+def setup(saved_net, random_pngs):
+    model, weights = saved_net(DEPLOY, "win.caffemodel", seed=2)
+    paths = random_pngs({"a.png": (20, 24, 3), "b c.png": (16, 16, 3)}, seed=4)
+    return model, weights, paths
 
 
 def scores(net, image_hwc):
