@@ -1,18 +1,6 @@
-"""``caffeish classify``: the top classes of images under a trained net (pycaffe's classify.py).
-
-Two ways to turn an image into the net's input:
-
-- a **deploy net** (an Input layer) is fed as pycaffe's Classifier feeds it: ``load_image`` (floats in
-  [0, 1], grey for a 1-channel net), resized to ``--images-dim`` (default: the input's H x W), the
-  centre crop (or with ``--oversample`` the 10 crops) of the input's size, channels first, RGB -> BGR
-  (``--channel-swap``), times ``--raw-scale``, minus the mean, times ``--input-scale``;
-- a **train/test net** (or a deploy net with ``--transform-from TRAIN_TEST``) is fed exactly as its
-  TEST-phase data layer feeds it: the image decoded as ``caffeish convert imageset`` stores it (BGR
-  uint8, ``--gray``, ``--resize-height``/``--resize-width`` as given to convert imageset, or an
-  ImageData layer's own), then the layer's ``transform_param``: mean (file or values), centre crop to
-  ``crop_size``, ``scale``.  A train/test net runs with its data layer replaced by an Input layer and
-  its SoftmaxWithLoss by a Softmax (the layers that need labels are left out), so the top-1 class is
-  the one ``caffeish test`` counts for the same image.
+"""``caffeish classify``: the top classes of images under a trained net (pycaffe's classify.py), the images
+preprocessed as pycaffe's Classifier does for a deploy net (``_run_pycaffe``), or as its TEST-phase data layer
+does for a train/test net (``_run_caffe_transform``).
 
 ``--output FILE.npy`` writes the scores (N images x classes) atomically once every image has been
 classified; with ``--list`` (``path label`` lines, as convert imageset reads) the accuracy is logged.
@@ -303,6 +291,15 @@ def _averaged(scores, oversample):
 
 
 def _run_caffe_transform(model, weights, paths, transform_from, gray, resize_height, resize_width, oversample, blob):
+    """Scores of a **train/test net** (or a deploy net with ``--transform-from TRAIN_TEST``), fed exactly
+    as its TEST-phase data layer feeds it.
+
+    The image decoded as ``caffeish convert imageset`` stores it (BGR uint8, ``--gray``,
+    ``--resize-height``/``--resize-width`` as given to convert imageset, or an ImageData layer's own), then the
+    layer's ``transform_param``: mean (file or values), centre crop to ``crop_size``, ``scale``.  A train/test net
+    runs with its data layer replaced by an Input layer and its SoftmaxWithLoss by a Softmax (the layers that need
+    labels are left out), so the top-1 class is the one ``caffeish test`` counts for the same image.
+    """
     param = read_net_param(model)
     deploy = _is_deploy(param)
     source = read_net_param(transform_from) if transform_from else param
@@ -339,6 +336,12 @@ def _run_caffe_transform(model, weights, paths, transform_from, gray, resize_hei
 
 def _run_pycaffe(model, weights, paths, mean_file, mean_value, raw_scale, scale, channel_swap, images_dim,
                  oversample, blob):
+    """Scores of a **deploy net** (an Input layer), fed as pycaffe's Classifier feeds it.
+
+    ``load_image`` (floats in [0, 1], grey for a 1-channel net), resized to ``--images-dim`` (default: the
+    input's H x W), the centre crop (or with ``--oversample`` the 10 crops) of the input's size, channels first,
+    RGB -> BGR (``--channel-swap``), times ``--raw-scale``, minus the mean, times ``--input-scale``.
+    """
     probe = Net(model, TEST)  # the input's shape and the checks on the flags, before the weights are read
     try:
         name, (_, channels, height, width) = _input_blob(probe)

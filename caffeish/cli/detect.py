@@ -1,12 +1,6 @@
-"""``caffeish detect``: score windows of images with a deploy net (pycaffe's detect.py, list mode).
-
-INPUT lists the windows: a ``.csv`` with a header naming ``filename,ymin,xmin,ymax,xmax`` (pycaffe's
-format; other columns are ignored), or text lines ``filename ymin xmin ymax xmax`` (blank lines and
-``#`` comments skipped).  Each window (rows ``ymin..ymax-1``, columns ``xmin..xmax-1``, as pycaffe
-slices it), grown by ``--context-pad`` pixels of context as R-CNN does, is warped to the net's input
-and preprocessed as pycaffe's Detector does.  OUTPUT gets one row per window, in INPUT's order: a
-``.csv`` of ``filename,ymin,xmin,ymax,xmax,class0,...`` or a ``.npy`` of the scores (windows x classes),
-written atomically once every window has been scored.
+"""``caffeish detect``: score windows of images with a deploy net (pycaffe's detect.py, list mode): the windows
+listed in INPUT (``read_windows``), each warped and preprocessed as pycaffe's Detector does, one row of scores
+per window written to OUTPUT (``_write``).
 """
 import csv
 import logging
@@ -36,7 +30,14 @@ def _coords(values, where):
 
 
 def read_windows(path):
-    """[(filename, window)] from a pycaffe CSV (with header) or ``filename ymin xmin ymax xmax`` lines."""
+    """[(filename, window)] from a pycaffe CSV (with header) or ``filename ymin xmin ymax xmax`` lines.
+
+    INPUT lists the windows: a ``.csv`` with a header naming ``filename,ymin,xmin,ymax,xmax`` (pycaffe's
+    format; other columns are ignored), or text lines ``filename ymin xmin ymax xmax`` (blank lines and
+    ``#`` comments skipped).  Each window (rows ``ymin..ymax-1``, columns ``xmin..xmax-1``, as pycaffe
+    slices it), grown by ``--context-pad`` pixels of context as R-CNN does, is warped to the net's input
+    and preprocessed as pycaffe's Detector does.
+    """
     try:
         with open(path, encoding="utf-8", newline="") as f:
             text = f.read()
@@ -76,6 +77,10 @@ def read_windows(path):
 
 
 def _write(path, windows, predictions):
+    """OUTPUT gets one row per window, in INPUT's order: a ``.csv`` of
+    ``filename,ymin,xmin,ymax,xmax,class0,...`` or a ``.npy`` of the scores (windows x classes), written
+    atomically once every window has been scored.
+    """
     try:
         if path.lower().endswith(".npy"):
             with atomic_path(path, suffix=".npy") as tmp:

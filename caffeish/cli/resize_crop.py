@@ -1,15 +1,6 @@
-"""``caffeish resize-and-crop``: Caffe's ``tools/extra/resize_and_crop_images.py``.
-
-Each image is resized so that its shorter side is ``--output-side-length`` (default 256; the longer side
-scaled in proportion, rounded down) and its centre square cropped out, as the script's OpenCV path does
-(``cv2.imread`` in colour, ``cv2.resize`` bilinear, offsets ``(new - side) // 2``). The result is written
-under OUTPUT_FOLDER at the image's path relative to INPUT_FOLDER, in the format of its extension (JPEG at
-quality 95, OpenCV's default), each file atomically: an interrupted run leaves whole images only.
-
-The images are those a list file names (``--list``/``--input``: one per line, a path relative to
-INPUT_FOLDER, anything after it -- a label -- ignored), or every image file under INPUT_FOLDER. As in
-the script, an image that cannot be read is reported and skipped. Caffe's flags work as well:
-``--input_folder``, ``--output_folder``, ``--output_side_length``.
+"""``caffeish resize-and-crop``: Caffe's ``tools/extra/resize_and_crop_images.py``: every image of a folder (or
+of a list) resized so that its shorter side is ``--output-side-length``, its centre square cropped out and
+written to an output folder under the same relative path.
 """
 import logging
 import os
@@ -99,7 +90,19 @@ def list_images(input_folder, list_file=None):
 
 
 def resize_and_crop_images(input_folder, output_folder, side=256, list_file=None, log_every=LOG_EVERY):
-    """Resize and crop every image; returns (written, skipped)."""
+    """Resize and crop every image; returns (written, skipped).
+
+    Each image is resized so that its shorter side is ``--output-side-length`` (default 256; the longer side
+    scaled in proportion, rounded down) and its centre square cropped out, as the script's OpenCV path does
+    (``cv2.imread`` in colour, ``cv2.resize`` bilinear, offsets ``(new - side) // 2``). The result is written
+    under OUTPUT_FOLDER at the image's path relative to INPUT_FOLDER, in the format of its extension (JPEG at
+    quality 95, OpenCV's default), each file atomically: an interrupted run leaves whole images only.
+
+    The images are those a list file names (``--list``/``--input``: one per line, a path relative to
+    INPUT_FOLDER, anything after it -- a label -- ignored), or every image file under INPUT_FOLDER. As in
+    the script, an image that cannot be read is reported and skipped. Caffe's flags work as well:
+    ``--input_folder``, ``--output_folder``, ``--output_side_length``.
+    """
     if side < 1:
         raise CaffeishError(f"--output-side-length must be at least 1, not {side}")
     if not os.path.isdir(input_folder):
