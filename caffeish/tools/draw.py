@@ -1,13 +1,5 @@
-"""Net diagrams, as Caffe's ``python/caffe/draw.py`` draws them, written as Graphviz DOT text.
-
-Layers are boxes labelled with their name, type and key settings (kernel size, stride and pad of
-convolution and pooling), coloured by type (in-place layers green); blobs are grey octagons, one per
-blob name, so a blob that in-place layers rewrite stays one node, with those layers looping back to
-it.  Edges out of Data, Convolution, Deconvolution and InnerProduct layers carry the batch size or
-the number of outputs.  ``--phase`` keeps only the layers whose include/exclude phase rules match.
-
-DOT text needs nothing else; PNG and SVG are rendered by Graphviz, through the ``graphviz`` Python
-package when it is installed and otherwise the ``dot`` program.
+"""Net diagrams, as Caffe's ``python/caffe/draw.py`` draws them: a NetParameter as Graphviz DOT text
+(``net_to_dot``), rendered by Graphviz (``render``) or written as it is, to a file (``draw_net_to_file``).
 """
 import shutil
 import subprocess
@@ -112,7 +104,14 @@ def phase_includes(layer, phase):
 
 
 def net_to_dot(net_param, rankdir="LR", phase=None, label_edges=True, display_lrm=False):
-    """The DOT text of ``net_param`` (a current-format NetParameter; see caffeish.upgrade)."""
+    """The DOT text of ``net_param`` (a current-format NetParameter; see caffeish.upgrade).
+
+    Layers are boxes labelled with their name, type and key settings (kernel size, stride and pad of
+    convolution and pooling), coloured by type (in-place layers green); blobs are grey octagons, one per
+    blob name, so a blob that in-place layers rewrite stays one node, with those layers looping back to
+    it.  Edges out of Data, Convolution, Deconvolution and InnerProduct layers carry the batch size or
+    the number of outputs.  ``--phase`` keeps only the layers whose include/exclude phase rules match.
+    """
     if rankdir not in RANKDIRS:
         raise CaffeishError(f"rankdir must be one of {', '.join(RANKDIRS)}, not '{rankdir}'")
     separator = " " if rankdir in ("TB", "BT") else "\n"
@@ -145,7 +144,11 @@ def net_to_dot(net_param, rankdir="LR", phase=None, label_edges=True, display_lr
 
 
 def render(dot_text, fmt):
-    """``dot_text`` rendered as ``fmt`` (png or svg) bytes, by the graphviz package or the dot program."""
+    """``dot_text`` rendered as ``fmt`` (png or svg) bytes, by the graphviz package or the dot program.
+
+    DOT text needs nothing else; PNG and SVG are rendered by Graphviz, through the ``graphviz`` Python
+    package when it is installed and otherwise the ``dot`` program.
+    """
     try:
         import graphviz
     except ImportError:

@@ -1,26 +1,6 @@
-"""Training logs -> tables, as Caffe's ``tools/extra/parse_log.py`` makes them.
-
-Reads the glog-shaped log of ``caffeish train`` or of Caffe itself::
-
-    I0210 13:39:22.381027 25210 solver.cpp:218] Iteration 100 (1.2 iter/s, 83s/100 iters), loss = 0.21
-    I0210 13:39:22.381070 25210 solver.cpp:237]     Train net output #0: loss = 0.21 (* 1 = 0.21 loss)
-    I0210 13:39:22.381100 25210 sgd_solver.cpp:105] Iteration 100, lr = 0.00992565
-    I0210 13:40:01.000000 25210 solver.cpp:330] Iteration 500, Testing net (#0)
-    I0210 13:40:02.000000 25210 solver.cpp:397]     Test net output #0: accuracy = 0.97
-
-(older Caffe's ``Iteration 100, loss = 0.21`` as well) into two tables, train and test, one row per
-display or test pass, with the columns ``NumIters``, ``Seconds``, ``LearningRate`` and one per net output.
-
-``Seconds`` comes from the glog timestamps, as Caffe's ``extract_seconds.py`` computes it: the seconds
-since the first ``Solving <net>`` line (since the log's first timestamp when there is none), across
-midnight and New Year (glog stamps carry no year: a month smaller than the previous one starts the next
-year; the last stamp is taken to fall in the year of the file's modification time, which matters only
-for February 29).
-
-Unlike Caffe's script, a row gets the learning rate logged for its own iteration (Caffe logs it after the
-outputs, so Caffe's script shows the previous one), outputs of test net ``#k`` for k > 0 get their own
-columns (``accuracy#1``), and a resumed run appends rows rather than merging them. Lines without a glog
-prefix are read too (taking the last timestamp seen).
+"""Training logs -> tables, as Caffe's ``tools/extra/parse_log.py`` makes them: ``parse_log`` reads the
+glog-shaped log of ``caffeish train`` or of Caffe itself into a train and a test ``Table``, ``save_csv_files``
+writes them as CSV.
 """
 import csv
 import datetime
@@ -115,7 +95,30 @@ def _lines(path):
 
 def parse_log(path):
     """``(train, test)`` Tables from a training log; ``Seconds`` since its first "Solving" line (as Caffe's
-    script), or since its first timestamped line when it has none."""
+    script), or since its first timestamped line when it has none.
+
+    Reads the glog-shaped log of ``caffeish train`` or of Caffe itself::
+
+        I0210 13:39:22.381027 25210 solver.cpp:218] Iteration 100 (1.2 iter/s, 83s/100 iters), loss = 0.21
+        I0210 13:39:22.381070 25210 solver.cpp:237]     Train net output #0: loss = 0.21 (* 1 = 0.21 loss)
+        I0210 13:39:22.381100 25210 sgd_solver.cpp:105] Iteration 100, lr = 0.00992565
+        I0210 13:40:01.000000 25210 solver.cpp:330] Iteration 500, Testing net (#0)
+        I0210 13:40:02.000000 25210 solver.cpp:397]     Test net output #0: accuracy = 0.97
+
+    (older Caffe's ``Iteration 100, loss = 0.21`` as well) into two tables, train and test, one row per
+    display or test pass, with the columns ``NumIters``, ``Seconds``, ``LearningRate`` and one per net output.
+
+    ``Seconds`` comes from the glog timestamps, as Caffe's ``extract_seconds.py`` computes it: the seconds
+    since the first ``Solving <net>`` line (since the log's first timestamp when there is none), across
+    midnight and New Year (glog stamps carry no year: a month smaller than the previous one starts the next
+    year; the last stamp is taken to fall in the year of the file's modification time, which matters only
+    for February 29).
+
+    Unlike Caffe's script, a row gets the learning rate logged for its own iteration (Caffe logs it after the
+    outputs, so Caffe's script shows the previous one), outputs of test net ``#k`` for k > 0 get their own
+    columns (``accuracy#1``), and a resumed run appends rows rather than merging them. Lines without a glog
+    prefix are read too (taking the last timestamp seen).
+    """
     path = os.fspath(path)
     train, test = Table(), Table()
     clock = _Clock()

@@ -1,17 +1,5 @@
-"""A built net as a table: each layer's top shapes, parameter count and multiply-adds, with totals.
-
-Multiply-adds (MACs) are counted for the layers whose cost is a product of matrices, from the blob
-shapes of the built net (so for its batch size), bias additions left out:
-
-- Convolution: ``N * C_out * H_out * W_out * (C_in / group) * k_h * k_w`` (any number of spatial
-  axes: the product over them), i.e. each top's count times the weight blob's count per output channel;
-- Deconvolution: the same with bottom and top swapped, ``N * C_in * H_in * W_in * (C_out / group) * k_h * k_w``;
-- InnerProduct: ``N * M * K`` (M outputs, K inputs per example).
-
-Every other layer counts 0 (elementwise work such as ReLU, pooling or softmax is not counted).
-Parameters are the layer's blobs (BatchNorm's statistics included); a blob shared with an earlier
-layer (a ``param { name }`` seen before) is marked and counted once in the total.  The Split layers
-the net inserts for fan-out are not listed.
+"""A built net as a table: each layer's top shapes, parameter count and multiply-adds, with totals
+(``summarize``, ``format_summary``; what ``caffeish summary`` prints).
 """
 import os
 from dataclasses import dataclass, field
@@ -74,7 +62,21 @@ def check_data_sources(net_param, state, path):
 
 
 def summarize(net):
-    """The Summary of a built caffeish Net."""
+    """The Summary of a built caffeish Net.
+
+    Multiply-adds (MACs) are counted for the layers whose cost is a product of matrices, from the blob
+    shapes of the built net (so for its batch size), bias additions left out:
+
+    - Convolution: ``N * C_out * H_out * W_out * (C_in / group) * k_h * k_w`` (any number of spatial
+      axes: the product over them), i.e. each top's count times the weight blob's count per output channel;
+    - Deconvolution: the same with bottom and top swapped, ``N * C_in * H_in * W_in * (C_out / group) * k_h * k_w``;
+    - InnerProduct: ``N * M * K`` (M outputs, K inputs per example).
+
+    Every other layer counts 0 (elementwise work such as ReLU, pooling or softmax is not counted).
+    Parameters are the layer's blobs (BatchNorm's statistics included); a blob shared with an earlier
+    layer (a ``param { name }`` seen before) is marked and counted once in the total.  The Split layers
+    the net inserts for fan-out are not listed.
+    """
     summary = Summary(name=net.name, phase=caffe_pb2.Phase.Name(net.phase))
     index = 0
     owners = [record.owner for record in net.param_records]
