@@ -60,10 +60,10 @@ def random_geometry(rng, nd, unit_last_stride=False):
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def caffeish_run(*args, check=False, pythonpath=ROOT, timeout=120):
-    """``python -m caffeish ARGS`` in a subprocess from the repository root; with ``check``, a non-zero exit
-    fails the test with the end of stderr."""
-    proc = subprocess.run([sys.executable, "-m", "caffeish", *map(str, args)], cwd=ROOT, capture_output=True,
+def caffeish_run(*args, check=False, pythonpath=ROOT, timeout=120, cwd=ROOT):
+    """``python -m caffeish ARGS`` in a subprocess, from the repository root unless ``cwd`` says otherwise;
+    with ``check``, a non-zero exit fails the test with the end of stderr."""
+    proc = subprocess.run([sys.executable, "-m", "caffeish", *map(str, args)], cwd=cwd, capture_output=True,
                           text=True, env={**os.environ, "PYTHONPATH": pythonpath}, timeout=timeout)
     if check and proc.returncode:
         raise AssertionError(f"exit {proc.returncode}:\n{proc.stderr[-3000:]}")

@@ -1,9 +1,5 @@
 """caffeish compute-mean: Caffe's compute_image_mean over LMDB (raw, encoded) and HDF5 databases."""
-import os
-import pathlib
 import re
-import subprocess
-import sys
 
 import lmdb
 import numpy
@@ -13,14 +9,7 @@ from PIL import Image
 from caffeish import caffe_pb2
 from caffeish import io as cio
 from caffeish.data import converters
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def caffeish(*args):
-    return subprocess.run([sys.executable, "-m", "caffeish", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
-
+from helpers import caffeish_run
 
 
 def channel_means(stderr):
@@ -40,7 +29,7 @@ def test_mean_of_lmdb_and_hdf5_matches_numpy(tmp_path, data):
     expected = data.astype(numpy.float64).mean(axis=0)
     for db, extra in ((tmp_path / "lmdb", []), (tmp_path / "h5", ["--backend", "hdf5"]), (tmp_path / "h5", [])):
         out = tmp_path / f"mean_{db.name}_{len(extra)}.binaryproto"
-        proc = caffeish("compute-mean", db, out, *extra)
+        proc = caffeish_run("compute-mean", db, out, *extra)
         assert proc.returncode == 0, proc.stderr
         assert "Number of channels: 3" in proc.stderr
         numpy.testing.assert_allclose(channel_means(proc.stderr), expected.mean(axis=(1, 2)), rtol=1e-5)
@@ -72,7 +61,7 @@ def test_mean_of_encoded_and_float_datums(tmp_path, cli):
 
 
 def test_mean_errors_are_clear(tmp_path, cli):
-    proc = caffeish("compute-mean", tmp_path / "missing_lmdb", tmp_path / "m.binaryproto")
+    proc = caffeish_run("compute-mean", tmp_path / "missing_lmdb", tmp_path / "m.binaryproto")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert f"{tmp_path / 'missing_lmdb'}: database does not exist" in proc.stderr
 

@@ -1,8 +1,7 @@
 """caffeish draw: DOT text as Caffe's draw_net.py lays nets out; PNG/SVG through Graphviz when it is there."""
-import os
+import functools
 import pathlib
 import shutil
-import subprocess
 import sys
 
 import pytest
@@ -10,17 +9,13 @@ import pytest
 from caffeish import CaffeishError, caffe_pb2
 from caffeish.prototxt import read_net_param
 from caffeish.tools import draw
+from helpers import caffeish_run
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TRAIN_TEST = ROOT / "models" / "lenet" / "lenet_train_test.prototxt"
 
 
-def caffeish_cli(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "caffeish", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"caffeish {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
-    return proc
+caffeish_cli = functools.partial(caffeish_run, check=True)
 
 
 def node_lines(dot, prefix):

@@ -1,13 +1,12 @@
 """caffeish summary: top shapes, parameter counts and multiply-adds of a built net, checked by hand."""
-import os
+import functools
 import pathlib
 import re
-import subprocess
-import sys
 
 import caffeish
 from caffeish import Net
 from caffeish.tools.summary import format_summary, summarize
+from helpers import caffeish_run
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "models" / "lenet" / "lenet_deploy.prototxt"
@@ -25,12 +24,7 @@ LENET_MACS = {"conv1": 64 * 20 * 24 * 24 * 1 * 5 * 5,   # 18,432,000  (28 - 5 + 
               "ip2": 64 * 10 * 500}                     # 320,000
 
 
-def caffeish_cli(*args, cwd=ROOT, check=True):
-    proc = subprocess.run([sys.executable, "-m", "caffeish", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"caffeish {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
-    return proc
+caffeish_cli = functools.partial(caffeish_run, check=True)
 
 
 def test_lenet_numbers():

@@ -1,4 +1,5 @@
 """`caffeish train` and `caffeish test` as users run them: real subprocesses, real files."""
+import functools
 import os
 import re
 import signal
@@ -8,6 +9,7 @@ import time
 
 import pytest
 
+from helpers import caffeish_run
 from solvers.nets import TEACHER
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -16,12 +18,7 @@ PLAIN = TEACHER.replace('bottom: "yd"', 'bottom: "y"')
 PLAIN = PLAIN.replace(PLAIN[PLAIN.index('layer { name: "drop"'):PLAIN.index('layer { name: "loss"')], "")
 
 
-def run(*args, check=True, timeout=120):
-    proc = subprocess.run([sys.executable, "-m", "caffeish", *args], cwd=ROOT, env=ENV, capture_output=True,
-                          text=True, timeout=timeout)
-    if check and proc.returncode:
-        raise AssertionError(f"exit {proc.returncode}:\n{proc.stderr[-3000:]}")
-    return proc
+run = functools.partial(caffeish_run, check=True)
 
 
 def write_solver(tmp_path, net_text=PLAIN, name="solver.prototxt", **fields):

@@ -1,10 +1,8 @@
 """Caffe's upgrade path: V0 and V1 nets, net-level inputs, old transform fields, BatchNorm specs, solver_type,
 V1 .caffemodels, and the upgrade-net / upgrade-solver verbs."""
+import functools
 import logging
-import os
 import pathlib
-import subprocess
-import sys
 
 import numpy
 import pytest
@@ -14,6 +12,7 @@ from caffeish import CaffeishError, Net, caffe_pb2
 from caffeish.prototxt import parse_text, read_net_param, read_solver_param
 from caffeish.upgrade import (V1_TYPE_NAMES, V1_TYPES, net_needs_upgrade, upgrade_net, upgrade_solver,
                               upgrade_solver_type)
+from helpers import caffeish_run
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "models" / "lenet" / "lenet_deploy.prototxt"
@@ -77,12 +76,7 @@ def net(text):
     return parse_text(text, caffe_pb2.NetParameter())
 
 
-def caffeish_cli(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "caffeish", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"caffeish {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
-    return proc
+caffeish_cli = functools.partial(caffeish_run, check=True)
 
 
 def test_v1_lenet_upgrades_to_its_v2_text(tmp_path, caplog):
