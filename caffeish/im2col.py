@@ -20,6 +20,7 @@ as Caffe's column buffer is.  Their element-wise copies and sums are split acros
 threads (``caffeish.cpu.parallel_for``).
 """
 import itertools
+import math
 
 import numpy
 
@@ -45,7 +46,7 @@ def conv_output_shape(spatial, kernel, stride, pad, dilation):
     return tuple(conv_output_size(*a) for a in zip(spatial, kernel, stride, pad, dilation))
 
 
-def _geometry(spatial, kernel, stride, pad, dilation, out_shape):
+def geometry(spatial, kernel, stride, pad, dilation, out_shape):
     """The padded extent needed on each axis, and the slices each kernel offset reads."""
     nd = len(spatial)
     for name, values in (("kernel", kernel), ("stride", stride), ("pad", pad), ("dilation", dilation)):
@@ -124,7 +125,7 @@ def im2col(x, kernel, stride, pad, dilation, out_shape=None):
     """``x`` (N, C, *spatial) -> columns (N, C * prod(kernel), prod(out_shape))."""
     xp = get_array_module(x)
     n, c = x.shape[:2]
-    out_shape, padded_shape, offsets, _ = _geometry(x.shape[2:], kernel, stride, pad, dilation, out_shape)
+    out_shape, padded_shape, offsets, _ = geometry(x.shape[2:], kernel, stride, pad, dilation, out_shape)
     source = _pad_into(x, pad, padded_shape, "im2col.pad")
     cols = xp.empty((n, c) + tuple(kernel) + out_shape, dtype=x.dtype)
     cols[...] = _window_view(xp, source, kernel, stride, dilation, out_shape, channel_major=False)
@@ -136,8 +137,8 @@ def col2im(cols, x_shape, kernel, stride, pad, dilation, out_shape=None):
     xp = get_array_module(cols)
     n, c = x_shape[:2]
     spatial = tuple(x_shape[2:])
-    out_shape, padded_shape, offsets, slices = _geometry(spatial, kernel, stride, pad, dilation, out_shape)
-    expect = (n, c * len(offsets), int(_prod(out_shape)))
+    out_shape, padded_shape, offsets, slices = geometry(spatial, kernel, stride, pad, dilation, out_shape)
+    expect = (n, c * len(offsets), int(math.prod(out_shape)))
     if tuple(cols.shape) != expect:
         raise CaffeishError(f"col2im: columns of shape {tuple(cols.shape)} do not match {expect} "
                             f"for input {tuple(x_shape)}")
@@ -162,17 +163,13 @@ def im2col_cm(x, kernel, stride, pad, dilation, out_shape=None, slot=None):
     (and so does the padded input, in ``slot + '.pad'``).
     """
     xp = get_array_module(x)
-    if xp is not numpy:
-        from .cuda import im2col as cuda_im2col  # here: caffeish.cuda imports this module
-        if cuda_im2col.im2col_applies(x, kernel, stride, pad, dilation, out_shape):
-            return cuda_im2col.im2col_cm(x, kernel, stride, pad, dilation, out_shape, slot=slot)
     n, c = x.shape[:2]
-    out_shape, padded_shape, offsets, _ = _geometry(x.shape[2:], kernel, stride, pad, dilation, out_shape)
+    out_shape, padded_shape, offsets, _ = geometry(x.shape[2:], kernel, stride, pad, dilation, out_shape)
     source = _pad_into(x, pad, padded_shape, None if slot is None else slot + ".pad")
     shape = (c,) + tuple(kernel) + (n,) + out_shape
     cols = buffer(xp, x.dtype, slot, shape)
     parallel_copy(cols, _window_view(xp, source, kernel, stride, dilation, out_shape, channel_major=True))
-    return cols.reshape(c * len(offsets), n * _prod(out_shape))
+    return cols.reshape(c * len(offsets), n * math.prod(out_shape))
 
 
 def col2im_cm(cols, out, kernel, stride, pad, dilation, out_shape=None, slot=None):
@@ -182,14 +179,10 @@ def col2im_cm(cols, out, kernel, stride, pad, dilation, out_shape=None, slot=Non
     buffer for the padded sum (none is needed when there is no padding).  Returns ``out``.
     """
     xp = get_array_module(cols)
-    if xp is not numpy:
-        from .cuda import im2col as cuda_im2col
-        if cuda_im2col.col2im_applies(cols, out, kernel, stride, pad, dilation):
-            return cuda_im2col.col2im_cm(cols, out, kernel, stride, pad, dilation, out_shape, slot=slot)
     n, c = out.shape[:2]
     spatial = tuple(out.shape[2:])
-    out_shape, padded_shape, offsets, slices = _geometry(spatial, kernel, stride, pad, dilation, out_shape)
-    expect = (c * len(offsets), n * _prod(out_shape))
+    out_shape, padded_shape, offsets, slices = geometry(spatial, kernel, stride, pad, dilation, out_shape)
+    expect = (c * len(offsets), n * math.prod(out_shape))
     if tuple(cols.shape) != expect:
         raise CaffeishError(f"col2im: columns of shape {tuple(cols.shape)} do not match {expect} "
                             f"for input {(n, c) + spatial}")
@@ -220,13 +213,13 @@ def col2im_cm(cols, out, kernel, stride, pad, dilation, out_shape=None, slot=Non
 def wide_ok(kernel, stride, pad, dilation, spatial):
     """Whether ``col2im_cm_wide`` applies (unit stride on the last axis) and pays: the wide rows cost
     (padded width / output width) more GEMM work, worth it while that stays under 1.5."""
-    out_shape, padded_shape, _, _ = _geometry(spatial, kernel, stride, pad, dilation, None)
+    out_shape, padded_shape, _, _ = geometry(spatial, kernel, stride, pad, dilation, None)
     return stride[-1] == 1 and padded_shape[-1] * 2 <= out_shape[-1] * 3
 
 
 def wide_width(kernel, stride, pad, dilation, spatial):
     """The padded length of the last axis: the row length of wide columns."""
-    return _geometry(spatial, kernel, stride, pad, dilation, None)[1][-1]
+    return geometry(spatial, kernel, stride, pad, dilation, None)[1][-1]
 
 
 def col2im_cm_wide(cols, out, kernel, stride, pad, dilation, out_shape=None, slot=None):
@@ -240,24 +233,20 @@ def col2im_cm_wide(cols, out, kernel, stride, pad, dilation, out_shape=None, slo
     columns fall on other elements (or a little past the plane, into slack) and change nothing.
     """
     xp = get_array_module(cols)
-    if xp is not numpy:
-        from .cuda import im2col as cuda_im2col
-        if cuda_im2col.col2im_applies(cols, out, kernel, stride, pad, dilation):
-            return cuda_im2col.col2im_cm_wide(cols, out, kernel, stride, pad, dilation, out_shape, slot=slot)
     n, c = out.shape[:2]
     spatial = tuple(out.shape[2:])
-    out_shape, padded_shape, offsets, _ = _geometry(spatial, kernel, stride, pad, dilation, out_shape)
+    out_shape, padded_shape, offsets, _ = geometry(spatial, kernel, stride, pad, dilation, out_shape)
     if stride[-1] != 1:
         raise CaffeishError(f"col2im_cm_wide needs unit stride on the last axis, got stride {tuple(stride)}")
     nd = len(spatial)
     width = padded_shape[-1]
     rows = out_shape[:-1]
-    expect = (c * len(offsets), n * _prod(rows) * width)
+    expect = (c * len(offsets), n * math.prod(rows) * width)
     if tuple(cols.shape) != expect:
         raise CaffeishError(f"col2im: wide columns of shape {tuple(cols.shape)} do not match {expect} "
                             f"for input {(n, c) + spatial}")
-    plane = _prod(padded_shape)
-    axis_step = [_prod(padded_shape[a + 1:]) for a in range(nd)]  # elements between neighbours on axis a
+    plane = math.prod(padded_shape)
+    axis_step = [math.prod(padded_shape[a + 1:]) for a in range(nd)]  # elements between neighbours on axis a
     # The furthest element any offset's run reaches, from its plane's start: each plane gets that much
     # slack after it, so that no run spills into a neighbour (and channels can be summed in parallel).
     reach = (sum((k - 1) * d * st for k, d, st in zip(kernel, dilation, axis_step))
@@ -294,10 +283,3 @@ def _covers(padded_shape, kernel, stride, dilation, out_shape):
     """Whether the windows tile the padded extent exactly (then no position is left unwritten)."""
     return all(k == st and d == 1 and o * st == size
                for size, k, st, d, o in zip(padded_shape, kernel, stride, dilation, out_shape))
-
-
-def _prod(values):
-    result = 1
-    for v in values:
-        result *= int(v)
-    return result

@@ -27,6 +27,9 @@ def test_time_prints_caffe_shaped_report():
     assert re.search(r"\]\s+conv1\tforward: [\d.e+-]+ ms\. \([\d.]+ GFLOP/s", out)
     assert re.search(r"\]\s+ip1\tforward: [\d.e+-]+ ms\. \([\d.]+ GFLOP/s", out)
     assert re.search(r"\]\s+pool1\tforward: [\d.e+-]+ ms\.$", out, re.M)
+    # each Convolution / Pooling layer's engine, with the reason it was chosen
+    assert re.search(r"Engine: conv1 \(Convolution\): (native|gemm|image-threads) -- \S", out)
+    assert re.search(r"Engine: pool1 \(Pooling\): windows -- strided window views \(numpy arrays\)$", out, re.M)
     # LeNet's two convolutions have unit strides: the native kernels run them where they could be built
     assert re.search(r"Native direct convolution: (caffeish_native_\w+\.so \(\d+-bit vectors, .+\); used by 2 "
                      r"of 2 Convolution layers \(conv1, conv2\)|.*numpy paths; used by 0 of 2 Convolution layers)$",

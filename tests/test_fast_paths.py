@@ -13,8 +13,8 @@ from caffeish import backend, caffe_pb2, im2col
 from caffeish.cpu import buffers, native, release_workspace, set_num_threads, workspace
 from caffeish.cpu import threads as cpu_threads
 from caffeish.cpu.native import direct
-from caffeish.im2col import _geometry, col2im_cm, col2im_cm_wide, im2col_cm
-from caffeish.layers.vision import convolution as conv_module
+from caffeish.im2col import geometry, col2im_cm, col2im_cm_wide, im2col_cm
+from caffeish.layers.vision import conv_engines, engines
 from caffeish.layers.vision import lrn as lrn_module
 from caffeish.solvers import sgd as sgd_module
 from caffeish.prototxt import parse_text
@@ -37,7 +37,7 @@ def threads(request, monkeypatch):
 def ref_im2col(x, kernel, stride, pad, dilation):
     """(N, C * prod(kernel), prod(out)), Caffe's layout, by a loop over the kernel offsets."""
     n, c = x.shape[:2]
-    out, padded, offsets, slices = _geometry(x.shape[2:], kernel, stride, pad, dilation, None)
+    out, padded, offsets, slices = geometry(x.shape[2:], kernel, stride, pad, dilation, None)
     source = numpy.zeros((n, c) + padded, dtype=x.dtype)
     source[(slice(None), slice(None)) + tuple(slice(p, p + s) for s, p in zip(x.shape[2:], pad))] = x
     cols = numpy.empty((n, c, len(offsets)) + out, dtype=x.dtype)
@@ -49,7 +49,7 @@ def ref_im2col(x, kernel, stride, pad, dilation):
 def ref_col2im(cols, shape, kernel, stride, pad, dilation):
     n, c = shape[:2]
     spatial = tuple(shape[2:])
-    out, padded, offsets, slices = _geometry(spatial, kernel, stride, pad, dilation, None)
+    out, padded, offsets, slices = geometry(spatial, kernel, stride, pad, dilation, None)
     cols = cols.reshape((n, c, len(offsets)) + out)
     target = numpy.zeros((n, c) + padded, dtype=cols.dtype)
     for k, offset in enumerate(offsets):
@@ -83,7 +83,7 @@ def test_col2im_cm_and_wide_match_reference(trial, threads):
     nd = int(rng.integers(1, 4))
     spatial, kernel, stride, pad, dilation = random_geometry(rng, nd, unit_last_stride=trial % 2 == 0)
     n, c = int(rng.integers(1, 4)), int(rng.integers(1, 4))
-    out, padded, offsets, _ = _geometry(spatial, kernel, stride, pad, dilation, None)
+    out, padded, offsets, _ = geometry(spatial, kernel, stride, pad, dilation, None)
     cols = rng.standard_normal((n, c * len(offsets), int(numpy.prod(out))))
     ref = ref_col2im(cols, (n, c) + spatial, kernel, stride, pad, dilation)
     got = numpy.full((n, c) + spatial, numpy.nan)
@@ -104,7 +104,7 @@ def test_col2im_disjoint_windows_assign():
     """Non-overlapping windows (stride >= extent) are written, not summed: the rest must come out 0."""
     for kernel, stride, spatial in (((2, 2), (2, 2), (6, 4)), ((2, 3), (3, 4), (8, 9)), ((1, 1), (2, 2), (5, 5))):
         n, c = 2, 3
-        out, _, offsets, _ = _geometry(spatial, kernel, stride, (0, 0), (1, 1), None)
+        out, _, offsets, _ = geometry(spatial, kernel, stride, (0, 0), (1, 1), None)
         cols = RNG.standard_normal((n, c * len(offsets), int(numpy.prod(out))))
         ref = ref_col2im(cols, (n, c) + spatial, kernel, stride, (0, 0), (1, 1))
         got = numpy.full((n, c) + spatial, numpy.nan)
@@ -165,7 +165,7 @@ CONV_CASES = [
 def test_convolution_fast_paths_match_reference(case, dtype, chunked, paths, images, threads, monkeypatch):
     shape, o, kernel, stride, pad, dilation, group = case
     monkeypatch.setattr(cpu_threads, "ENABLED", images == "image threads")
-    monkeypatch.setattr(conv_module, "NATIVE", images == "native")
+    monkeypatch.setattr(engines, "NATIVE", images == "native")
     monkeypatch.setattr(direct, "MIN_OUTPUTS", 1)  # these cases are small; the kernel takes them all here
     monkeypatch.setattr(direct, "POINTWISE_TO_GEMM", False)
     phases = direct.StridePhases(kernel, stride, pad, (1, 1)) if len(kernel) == 2 else None
@@ -174,12 +174,12 @@ def test_convolution_fast_paths_match_reference(case, dtype, chunked, paths, ima
     if images == "native" and not (native_applies and native.library() is not None):
         pytest.skip("not a 2-D convolution the native kernels take" if not native_applies else native.status())
     if chunked:
-        monkeypatch.setattr(conv_module, "COL_BUFFER_BYTES", 1)  # one image per chunk
+        monkeypatch.setattr(conv_engines, "COL_BUFFER_BYTES", 1)  # one image per chunk
         monkeypatch.setattr(cpu_threads, "CHUNK_BYTES", 1)
     if paths != "best":  # the input's gradient by the other routes: wide columns, then plain col2im
-        monkeypatch.setattr(conv_module, "CORRELATE_DATA_GRADIENT", False)
+        monkeypatch.setattr(conv_engines, "CORRELATE_DATA_GRADIENT", False)
     if paths == "plain":
-        monkeypatch.setattr(conv_module, "WIDE_COL2IM", False)
+        monkeypatch.setattr(conv_engines, "WIDE_COL2IM", False)
     fields = " ".join([f"num_output: {o}", f"group: {group}"] + [f"kernel_size: {k}" for k in kernel]
                       + [f"stride: {s}" for s in stride] + [f"pad: {p}" for p in pad]
                       + [f"dilation: {d}" for d in dilation])
@@ -188,7 +188,7 @@ def test_convolution_fast_paths_match_reference(case, dtype, chunked, paths, ima
     x = blob(shape, dtype=dtype, rng=numpy.random.default_rng(len(shape) * 7 + o))
     top = empty(dtype=dtype)
     layer.setup([x], top)
-    assert (layer.native is not None) == (images == "native")
+    assert (layer.engine.name == "native") == (images == "native")
     layer.Forward([x], top)
     dy = numpy.random.default_rng(o).standard_normal(top[0].shape).astype(dtype)
     top[0].diff[...] = dy

@@ -98,9 +98,13 @@ def time_command(model, iterations, phase, level, stage, gpu):
     net.backward_from_to()
     peak = gemm_peak()
     log.info("GEMM peak: %.1f GFLOP/s (float32 1024 x 1024 matmul)", peak)
+    for layer in net.layers:
+        engine = getattr(layer, "engine", None)
+        if engine is not None:  # chosen by caffeish.layers.vision.engines
+            log.info("Engine: %s (%s): %s -- %s", layer.name, layer.type, engine.name, engine.reason)
     convs = [layer for layer in net.layers if layer.type == "Convolution"]
     if convs:
-        direct = [layer.name for layer in convs if getattr(layer, "native", False)]
+        direct = [layer.name for layer in convs if layer.engine.name == "native"]
         log.info("Native direct convolution: %s; used by %d of %d Convolution layers%s", native.status(),
                  len(direct), len(convs), f" ({', '.join(direct)})" if direct else "")
     log.info("*** Benchmark begins ***")

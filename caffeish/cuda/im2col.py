@@ -15,6 +15,8 @@ it -- the adjoint -- in a fixed order: no atomics, and the sums are the same on 
 Wide columns (``col2im_cm_wide``) have rows of the padded width Wp instead of OW; only their first
 OW entries are read (the rest are the zeros a padded top gradient gives).
 """
+import math
+
 from .. import im2col as generic
 from ..backend import get_array_module
 from ..cpu import workspace
@@ -96,8 +98,8 @@ def im2col_applies(x, kernel, stride, pad, dilation, out_shape=None):
         return False
     if out_shape is None:
         out_shape = generic.conv_output_shape(x.shape[2:], kernel, stride, pad, dilation)
-    length = x.shape[0] * generic._prod(max(o, 0) for o in out_shape)
-    return x.shape[1] * generic._prod(kernel) * length <= kernels.MAX_ELEMENTS
+    length = x.shape[0] * math.prod(max(o, 0) for o in out_shape)
+    return x.shape[1] * math.prod(kernel) * length <= kernels.MAX_ELEMENTS
 
 
 def col2im_applies(cols, out, kernel, stride, pad, dilation):
@@ -119,8 +121,8 @@ def im2col_cm(x, kernel, stride, pad, dilation, out_shape=None, slot=None):
         return generic.im2col_cm(x, kernel, stride, pad, dilation, out_shape, slot=slot)
     xp = get_array_module(x)
     n, c = x.shape[:2]
-    out_shape, _, offsets, _ = generic._geometry(x.shape[2:], kernel, stride, pad, dilation, out_shape)
-    rows, length = c * len(offsets), n * generic._prod(out_shape)
+    out_shape, _, offsets, _ = generic.geometry(x.shape[2:], kernel, stride, pad, dilation, out_shape)
+    rows, length = c * len(offsets), n * math.prod(out_shape)
     cols = xp.empty((rows, length), dtype=x.dtype) if slot is None else \
         workspace(xp, x.dtype, slot, rows * length).reshape(rows, length)
     (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow), (h, w) = _as_2d(kernel, stride, pad, dilation, out_shape,
@@ -154,8 +156,8 @@ def col2im_cm(cols, out, kernel, stride, pad, dilation, out_shape=None, slot=Non
         return generic.col2im_cm(cols, out, kernel, stride, pad, dilation, out_shape, slot=slot)
     n, c = out.shape[:2]
     spatial = tuple(out.shape[2:])
-    out_shape, _, offsets, _ = generic._geometry(spatial, kernel, stride, pad, dilation, out_shape)
-    expect = (c * len(offsets), n * generic._prod(out_shape))
+    out_shape, _, offsets, _ = generic.geometry(spatial, kernel, stride, pad, dilation, out_shape)
+    expect = (c * len(offsets), n * math.prod(out_shape))
     if tuple(cols.shape) != expect:
         raise CaffeishError(f"col2im: columns of shape {tuple(cols.shape)} do not match {expect} "
                             f"for input {(n, c) + spatial}")
@@ -168,11 +170,11 @@ def col2im_cm_wide(cols, out, kernel, stride, pad, dilation, out_shape=None, slo
         return generic.col2im_cm_wide(cols, out, kernel, stride, pad, dilation, out_shape, slot=slot)
     n, c = out.shape[:2]
     spatial = tuple(out.shape[2:])
-    out_shape, padded_shape, offsets, _ = generic._geometry(spatial, kernel, stride, pad, dilation, out_shape)
+    out_shape, padded_shape, offsets, _ = generic.geometry(spatial, kernel, stride, pad, dilation, out_shape)
     if stride[-1] != 1:
         raise CaffeishError(f"col2im_cm_wide needs unit stride on the last axis, got stride {tuple(stride)}")
     width = padded_shape[-1]
-    expect = (c * len(offsets), n * generic._prod(out_shape[:-1]) * width)
+    expect = (c * len(offsets), n * math.prod(out_shape[:-1]) * width)
     if tuple(cols.shape) != expect:
         raise CaffeishError(f"col2im: wide columns of shape {tuple(cols.shape)} do not match {expect} "
                             f"for input {(n, c) + spatial}")

@@ -12,7 +12,7 @@ from caffeish.cpu import native, set_num_threads
 from caffeish.cpu import threads as cpu_threads
 from caffeish.cpu.native import conv as native_conv
 from caffeish.cpu.native import direct
-from caffeish.layers.vision import convolution as conv_module
+from caffeish.layers.vision import engines
 from helpers import blob, empty, make_layer
 from test_fast_paths import ref_conv
 
@@ -63,7 +63,7 @@ def check_native_layer(shape, num_output, kernel, stride, pad, dilation, group, 
     x = blob(shape, dtype=dtype, rng=rng)
     top = empty(dtype=dtype)
     layer.setup([x], top)
-    assert layer.native is not None
+    assert layer.engine.name == "native"
     layer.Forward([x], top)
     dy = rng.standard_normal(top[0].shape).astype(dtype)
     top[0].diff[...] = dy
@@ -84,7 +84,7 @@ def check_native_layer(shape, num_output, kernel, stride, pad, dilation, group, 
 @pytest.mark.parametrize("dtype", [numpy.float64, numpy.float32])
 @pytest.mark.parametrize("trial", range(30))
 def test_random_convolutions_match_reference(trial, dtype, threads, monkeypatch):
-    monkeypatch.setattr(conv_module, "NATIVE", True)
+    monkeypatch.setattr(engines, "NATIVE", True)
     rng = numpy.random.default_rng(1000 + trial)
     shape, num_output, kernel, pad, dilation, group = random_case(rng)
     check_native_layer(shape, num_output, kernel, (1, 1), pad, dilation, group, dtype, rng)
@@ -106,34 +106,34 @@ STRIDED_CASES = [
 @pytest.mark.parametrize("dtype", [numpy.float64, numpy.float32])
 @pytest.mark.parametrize("case", STRIDED_CASES)
 def test_strided_convolutions_through_stride_phases_match_reference(case, dtype, threads, monkeypatch):
-    monkeypatch.setattr(conv_module, "NATIVE", True)
+    monkeypatch.setattr(engines, "NATIVE", True)
     shape, num_output, kernel, stride, pad, group = case
     layer = check_native_layer(shape, num_output, kernel, stride, pad, (1, 1), group, dtype,
                                numpy.random.default_rng(sum(shape)))
-    assert layer.native.phases.waste <= direct.STRIDED_WASTE
+    assert layer.engine.direct.phases.waste <= direct.STRIDED_WASTE
 
 
 @needs_native
 def test_pointwise_and_small_outputs_stay_on_the_gemms(monkeypatch):
-    monkeypatch.setattr(conv_module, "NATIVE", True)
+    monkeypatch.setattr(engines, "NATIVE", True)
     for kernel, pad, shape, expected in [((1, 1), (0, 0), (2, 8, 9, 9), False),    # 1x1: its input is its columns
                                        ((3, 3), (1, 1), (2, 8, 7, 7), False),    # 49 outputs (ResNet's last stage)
                                        ((3, 3), (1, 1), (2, 8, 8, 8), True)]:    # 64 (CIFAR-10's conv3)
         layer = conv_layer(4, kernel, pad, (1, 1), 1, numpy.float32)
         layer.setup([blob(shape, dtype=numpy.float32)], empty(dtype=numpy.float32))
-        assert (layer.native is not None) == expected, (kernel, shape)
+        assert (layer.engine.name == "native") == expected, (kernel, shape)
 
 
 @needs_native
 def test_strides_whose_phases_waste_too_much_stay_on_the_gemms(monkeypatch):
-    monkeypatch.setattr(conv_module, "NATIVE", True)
+    monkeypatch.setattr(engines, "NATIVE", True)
     layer = conv_layer(4, (3, 3), (1, 1), (1, 1), 1, numpy.float32, (2, 2))  # 2x2 taps per phase for 3: 1.78
     layer.setup([blob((2, 3, 9, 9), dtype=numpy.float32)], empty(dtype=numpy.float32))
-    assert layer.native is None
+    assert layer.engine.name != "native"
     assert direct.StridePhases((3, 3), (2, 2), (1, 1), (4, 4)).waste == pytest.approx(16 / 9)
     dilated = conv_layer(4, (3, 3), (2, 2), (2, 2), 1, numpy.float32, (2, 2))  # strided and dilated
     dilated.setup([blob((2, 3, 9, 9), dtype=numpy.float32)], empty(dtype=numpy.float32))
-    assert dilated.native is None
+    assert dilated.engine.name != "native"
 
 
 @needs_native
@@ -181,7 +181,7 @@ x = blob((2, 2, 5, 5))
 top = empty()
 layer.setup([x], top)
 layer.Forward([x], top)
-print("native", layer.native is not None, "|", native.status())
+print("native", layer.engine.name == "native", "|", native.status())
 """
 
 

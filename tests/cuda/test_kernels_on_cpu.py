@@ -54,7 +54,7 @@ def test_im2col_and_col2im(geometry, dtype):
 def test_col2im_wide(geometry, dtype):
     spatial, kernel, stride, pad, dilation = geometry
     rng = numpy.random.default_rng(5)
-    out_shape, padded, _, _ = im2col._geometry(spatial, kernel, stride, pad, dilation, None)
+    out_shape, padded, _, _ = im2col.geometry(spatial, kernel, stride, pad, dilation, None)
     rows = numpy.prod(out_shape[:-1], dtype=int)
     cols = rng.standard_normal((3 * numpy.prod(kernel), 2, rows, padded[-1])).astype(dtype)
     cols[..., out_shape[-1]:] = 0  # what a top gradient padded with zeros gives
@@ -143,6 +143,83 @@ def test_softmax_loss(extra, dtype):
     scale = numpy.asarray([1.7 / norm], dtype)
     cuda_softmax_loss.backward(prob, labels.data.reshape(-1), 4, 10, ignore, scale, dx)
     numpy.testing.assert_allclose(dx.reshape(scores.shape), scores.diff, **TOLERANCE[dtype])
+
+
+# -- the layers' GPU methods and engines, with the emulated kernels in place of CuPy's -------------------------
+def _passes(layer, bottoms, top, forward, backward, rng):
+    """(tops' data, bottoms' diffs, parameter diffs) after ``forward`` and ``backward`` from fixed top diffs."""
+    for b in layer.blobs:
+        b.diff[...] = 0
+    forward(bottoms, top)
+    for t in top:
+        t.diff[...] = rng.standard_normal(t.shape)
+    backward(top, [True] + [False] * (len(bottoms) - 1), bottoms)
+    return ([t.data.copy() for t in top], [b.diff.copy() for b in bottoms[:1]],
+            [p.diff.copy() for p in layer.blobs])
+
+
+def _assert_same_passes(got, want, dtype):
+    for got_arrays, want_arrays in zip(got, want):
+        for g, w in zip(got_arrays, want_arrays):
+            numpy.testing.assert_allclose(g, w, **TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("spec,bottom_shapes", [
+    ('type: "LRN" lrn_param { local_size: 3 alpha: 0.3 beta: 0.75 k: 1.5 }', [(2, 5, 4, 3)]),
+    ('type: "SoftmaxWithLoss" loss_param { ignore_label: 1 }', [(3, 4, 2, 5), (3, 2, 5)]),
+])
+def test_forward_gpu_and_backward_gpu_equal_the_cpu_methods(spec, bottom_shapes, dtype):
+    """``Layer.forward`` sends CuPy arrays to forward_gpu / backward_gpu: here their kernel branches run on numpy
+    arrays through the emulation and must give what forward_cpu / backward_cpu give."""
+    layer = make_layer(spec, dtype=dtype)
+    rng = numpy.random.default_rng(17)
+    bottoms = [blob(rng.standard_normal(bottom_shapes[0]), dtype=dtype)]
+    if len(bottom_shapes) > 1:
+        bottoms.append(blob(rng.integers(0, 4, bottom_shapes[1]).astype(dtype), dtype=dtype))
+    top = empty(1, dtype)
+    layer.setup(bottoms, top)
+    want = _passes(layer, bottoms, top, layer.forward_cpu, layer.backward_cpu, numpy.random.default_rng(1))
+    got = _passes(layer, bottoms, top, layer.forward_gpu, layer.backward_gpu, numpy.random.default_rng(1))
+    _assert_same_passes(got, want, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("method", ["MAX", "AVE"])
+@pytest.mark.parametrize("params,shape", POOLING_CASES)
+def test_cuda_pooling_engine_equals_the_window_engine(params, shape, method, dtype):
+    from caffeish.layers.vision.pooling_engines import CudaPooling, WindowPooling
+    layer = make_layer(f'type: "Pooling" pooling_param {{ pool: {method} {params} }}', dtype=dtype)
+    rng = numpy.random.default_rng(19)
+    x = blob(numpy.round(rng.standard_normal(shape), 1), dtype=dtype)
+    top = empty(1, dtype)
+    layer.setup([x], top)
+    results = []
+    for engine in (WindowPooling(layer), CudaPooling(layer)):
+        layer.engine = engine
+        results.append(_passes(layer, [x], top, layer.forward, layer.backward, numpy.random.default_rng(2)))
+    _assert_same_passes(results[1], results[0], dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("params,shape", [
+    ("num_output: 4 kernel_size: 3 pad: 1", (2, 3, 6, 5)),
+    ("num_output: 6 kernel_size: 3 stride: 2 group: 3", (3, 3, 7, 7)),
+    ("num_output: 4 kernel_h: 1 kernel_w: 3 dilation: 2 pad: 2", (2, 2, 5, 9)),
+])
+def test_gemm_engine_with_cuda_im2col_equals_the_numpy_columns(params, shape, dtype):
+    """The GPU's GEMM engine (CUDA im2col / col2im columns) against the same engine on numpy's columns."""
+    from caffeish.layers.vision.conv_engines import GemmConvolution
+    fillers = 'weight_filler { type: "gaussian" std: 0.3 } bias_filler { type: "gaussian" std: 0.3 }'
+    layer = make_layer(f'type: "Convolution" convolution_param {{ {params} {fillers} }}', dtype=dtype)
+    x = blob(numpy.random.default_rng(23).standard_normal(shape), dtype=dtype)
+    top = empty(1, dtype)
+    layer.setup([x], top)
+    results = []
+    for columns in (im2col, cuda_im2col):
+        layer.engine = GemmConvolution(layer, columns)
+        results.append(_passes(layer, [x], top, layer.forward, layer.backward, numpy.random.default_rng(3)))
+    _assert_same_passes(results[1], results[0], dtype)
 
 
 # -- the fused solver updates --------------------------------------------------------------------------------

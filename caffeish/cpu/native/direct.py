@@ -15,6 +15,7 @@ import numpy
 
 from ..buffers import workspace
 from ..threads import num_threads, parallel_for
+from . import status as native_status
 from . import conv as native_conv
 
 #: Fewer output positions than this (ResNet's and GoogLeNet's 7x7 stages: 49) leave the kernel's tiles part
@@ -135,14 +136,29 @@ class DirectConvolution:
     @classmethod
     def make(cls, xp, dtype, num, channels, num_output, group, kernel, stride, pad, dilation, spatial, out_shape):
         """A DirectConvolution, or None where the native kernels do not run this convolution."""
-        if xp is not numpy or len(kernel) != 2 or not native_conv.applies(dtype, kernel, stride, pad, dilation):
-            return None
-        if (POINTWISE_TO_GEMM and _count(kernel) == 1) or _count(out_shape) < MIN_OUTPUTS:
-            return None
+        return cls.plan(xp, dtype, num, channels, num_output, group, kernel, stride, pad, dilation, spatial,
+                        out_shape)[0]
+
+    @classmethod
+    def plan(cls, xp, dtype, num, channels, num_output, group, kernel, stride, pad, dilation, spatial, out_shape):
+        """(DirectConvolution, "") where the native kernels run this convolution, else (None, why not)."""
+        if xp is not numpy:
+            return None, "the arrays are not numpy arrays"
+        if len(kernel) != 2:
+            return None, f"{len(kernel)}-D (the native kernels are 2-D)"
+        if not native_conv.applies(dtype, kernel, stride, pad, dilation):
+            if native_conv.library() is None:
+                return None, f"native kernels unavailable: {native_status()}"
+            return None, "the native kernels do not cover this dtype, negative pad, or stride with dilation"
+        if POINTWISE_TO_GEMM and _count(kernel) == 1:
+            return None, "a 1x1 kernel's columns are its input: a plain GEMM"
+        if _count(out_shape) < MIN_OUTPUTS:
+            return None, f"{_count(out_shape)} output positions, fewer than MIN_OUTPUTS = {MIN_OUTPUTS}"
         direct = cls(num, channels, num_output, group, kernel, stride, pad, dilation, spatial, out_shape)
         if direct.phases is not None and direct.phases.waste > STRIDED_WASTE:
-            return None
-        return direct
+            return None, (f"stride phases would add {direct.phases.waste:.2f}x the multiply-adds "
+                          f"(above STRIDED_WASTE = {STRIDED_WASTE})")
+        return direct, ""
 
     # -- the unit-stride convolution the kernels run -------------------------------------------------
     def _unit_input(self, x):

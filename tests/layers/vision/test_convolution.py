@@ -5,7 +5,7 @@ import pytest
 
 from caffeish.cpu import native
 from caffeish.errors import CaffeishError
-from caffeish.layers.vision import convolution
+from caffeish.layers.vision import conv_engines, engines
 from caffeish.cpu.native import direct
 from gradient_check import check_gradient, checks_forward, checks_gradient
 from helpers import blob, empty, make_layer
@@ -20,7 +20,7 @@ def path(request, monkeypatch):
             pytest.skip(f"native kernels: {native.status()}")
         monkeypatch.setattr(direct, "MIN_OUTPUTS", 1)
         monkeypatch.setattr(direct, "POINTWISE_TO_GEMM", False)
-    monkeypatch.setattr(convolution, "NATIVE", request.param == "native")
+    monkeypatch.setattr(engines, "NATIVE", request.param == "native")
     return request.param
 
 FILLERS = 'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "uniform" min: -1 max: 1 }'
@@ -77,7 +77,7 @@ def test_convolution_forward(params, shape, stride, pad, dilation, group, path):
     top = empty()
     layer.setup([x], top)
     if len(shape) == 4 and set(stride) == {1}:
-        assert (layer.native is not None) == (path == "native")
+        assert (layer.engine.name == "native") == (path == "native")
     layer.Forward([x], top)
     w, b = layer.blobs[0].data, layer.blobs[1].data
     assert w.shape[1] == shape[1] // group
@@ -113,7 +113,6 @@ def test_convolution_channel_axis():
 
 
 def test_convolution_chunked_batch_matches(monkeypatch):
-    from caffeish.layers.vision import convolution
     layer = conv_layer("num_output: 3 kernel_size: 3 pad: 1")
     x = blob((5, 2, 4, 4))
     top = empty()
@@ -124,8 +123,8 @@ def test_convolution_chunked_batch_matches(monkeypatch):
     whole = (top[0].data.copy(), x.diff.copy(), layer.blobs[0].diff.copy(), layer.blobs[1].diff.copy())
     for b in layer.blobs:
         b.diff[...] = 0
-    monkeypatch.setattr(convolution, "COL_BUFFER_BYTES", 2 * 18 * 16 * 8)  # two images per chunk
-    assert len(layer._chunks()) == 3
+    monkeypatch.setattr(conv_engines, "COL_BUFFER_BYTES", 2 * 18 * 16 * 8)  # two images per chunk
+    assert len(layer.engine.chunks()) == 3
     layer.Forward([x], top)
     layer.backward(top, [True], [x])
     for a, b in zip(whole, (top[0].data, x.diff, layer.blobs[0].diff, layer.blobs[1].diff)):

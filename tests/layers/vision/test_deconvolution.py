@@ -6,6 +6,7 @@ import pytest
 from caffeish.cpu import native
 from caffeish.errors import CaffeishError
 from caffeish.cpu.native import direct
+from caffeish.layers.vision import conv_engines, engines
 from gradient_check import check_gradient, checks_forward, checks_gradient
 from helpers import blob, empty, make_layer
 
@@ -70,13 +71,12 @@ def expects_native(shape, params):
 @pytest.mark.parametrize("params,shape,stride,pad,dilation,group", FORWARD_CASES)
 @pytest.mark.parametrize("use_native", [True, False])
 def test_deconvolution_forward(params, shape, stride, pad, dilation, group, use_native, monkeypatch):
-    from caffeish.layers.vision import convolution
-    monkeypatch.setattr(convolution, "NATIVE", use_native)
+    monkeypatch.setattr(engines, "NATIVE", use_native)
     layer = deconv_layer(params)
     x = blob(shape)
     top = empty()
     layer.setup([x], top)
-    assert (layer.native is not None) == (use_native and expects_native(shape, params))
+    assert (layer.engine.name == "native") == (use_native and expects_native(shape, params))
     w, b = layer.blobs[0].data, layer.blobs[1].data
     assert w.shape[:2] == (shape[1], layer.num_output // group)  # Caffe's reversed weight shape
     layer.Forward([x], top)
@@ -150,15 +150,14 @@ NATIVE_CASES = [
 @pytest.mark.parametrize("dtype", [numpy.float64, numpy.float32])
 def test_deconvolution_native_matches_numpy_paths(params, shape, dtype, monkeypatch):
     """Forward, the bottom's and the parameters' gradients, native against the numpy paths."""
-    from caffeish.layers.vision import convolution
     results, weights = [], None
     for use_native in (True, False):
-        monkeypatch.setattr(convolution, "NATIVE", use_native)
+        monkeypatch.setattr(engines, "NATIVE", use_native)
         layer = make_layer(f'type: "Deconvolution" convolution_param {{ {params} {FILLERS} }}', dtype=dtype)
         x = blob(shape, dtype=dtype, rng=numpy.random.default_rng(3))
         top = empty(dtype=dtype)
         layer.setup([x], top)
-        assert (layer.native is not None) == use_native
+        assert (layer.engine.name == "native") == use_native
         weights = weights or [b.data.copy() for b in layer.blobs]
         for b, w in zip(layer.blobs, weights):
             b.data[...] = w
@@ -176,7 +175,6 @@ def test_deconvolution_native_matches_numpy_paths(params, shape, dtype, monkeypa
 
 
 def test_deconvolution_chunked_batch_matches(monkeypatch):
-    from caffeish.layers.vision import convolution
     layer = deconv_layer("num_output: 2 kernel_size: 3 stride: 2 pad: 1")
     x = blob((5, 2, 3, 3))
     top = empty()
@@ -187,8 +185,8 @@ def test_deconvolution_chunked_batch_matches(monkeypatch):
     whole = (top[0].data.copy(), x.diff.copy(), layer.blobs[0].diff.copy(), layer.blobs[1].diff.copy())
     for b in layer.blobs:
         b.diff[...] = 0
-    monkeypatch.setattr(convolution, "COL_BUFFER_BYTES", 2 * 18 * 9 * 8)  # two images per chunk
-    assert len(layer._chunks()) == 3
+    monkeypatch.setattr(conv_engines, "COL_BUFFER_BYTES", 2 * 18 * 9 * 8)  # two images per chunk
+    assert len(layer.engine.chunks()) == 3
     layer.Forward([x], top)
     layer.backward(top, [True], [x])
     for a, b in zip(whole, (top[0].data, x.diff, layer.blobs[0].diff, layer.blobs[1].diff)):

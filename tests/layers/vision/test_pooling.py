@@ -237,7 +237,7 @@ def test_pooling_stochastic_forward(params, shape, geom, phase):
     ref, index = naive_stochastic(x.data, *geom, *top[0].shape[2:], u=u)
     numpy.testing.assert_allclose(top[0].data, ref, rtol=1e-12)
     if phase == caffe_pb2.TRAIN:
-        numpy.testing.assert_array_equal(layer.rand_idx, index)
+        numpy.testing.assert_array_equal(layer.engine.rand_idx, index)
         first = top[0].data.copy()
         backend.set_random_seed(11)
         layer.Forward([x], top)  # re-seeding repeats the draw
