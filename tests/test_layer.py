@@ -117,3 +117,62 @@ def test_a_net_reports_the_error_once_attributed_to_the_layer():
     assert str(info.value) == ("layer 'emb' (type Embed): Embed with input_dim 3, num_output 2 and bias_term true "
                                "needs 2 parameter blobs (weights (3, 2), bias (2,)), but the layer has 1, of shapes "
                                "[(3, 2)]")
+
+
+# -- forward / backward dispatch by array type ------------------------------------------------------------------
+class _Twin(caffeish.layer.Layer):
+    """Records which per-device method ran."""
+    def __init__(self, param, dtype=numpy.float64, gpu_methods=True):
+        super().__init__(param, dtype=dtype)
+        self.calls, self.gpu_methods = [], gpu_methods
+
+    def reshape(self, bottom, top):
+        top[0].reshape(bottom[0].shape)
+
+    def forward_cpu(self, bottom, top):
+        self.calls.append("forward_cpu")
+
+    def backward_cpu(self, top, propagate_down, bottom):
+        self.calls.append("backward_cpu")
+
+    def forward_gpu(self, bottom, top):
+        if not self.gpu_methods:
+            return super().forward_gpu(bottom, top)
+        self.calls.append("forward_gpu")
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        if not self.gpu_methods:
+            return super().backward_gpu(top, propagate_down, bottom)
+        self.calls.append("backward_gpu")
+
+
+class _NotNumpy:
+    """Stands for CuPy where there is none: ``get_array_module`` answers it for every array."""
+
+
+@pytest.mark.parametrize("gpu_methods", [True, False])
+def test_forward_and_backward_pick_the_device_method_by_array_type(monkeypatch, gpu_methods):
+    param = caffe_pb2.LayerParameter(name="twin", type="Twin")
+    layer = _Twin(param, gpu_methods=gpu_methods)
+    x, top = blob((2, 3)), empty()
+    layer.setup([x], top)
+    layer.Forward([x], top)
+    layer.Backward(top, [True], [x])
+    assert layer.calls == ["forward_cpu", "backward_cpu"]
+    monkeypatch.setattr(caffeish.layer, "get_array_module", lambda array: _NotNumpy)
+    layer.calls.clear()
+    layer.Forward([x], top)
+    layer.Backward(top, [True], [x])
+    # without GPU methods of its own a layer runs its CPU code on the GPU's arrays (Caffe's fallback)
+    assert layer.calls == (["forward_gpu", "backward_gpu"] if gpu_methods else ["forward_cpu", "backward_cpu"])
+
+
+def test_a_layer_without_forward_says_which_methods_are_missing():
+    class Empty(caffeish.layer.Layer):
+        def reshape(self, bottom, top):
+            top[0].reshape(bottom[0].shape)
+    layer = Empty(caffe_pb2.LayerParameter(name="e", type="Empty"))
+    x, top = blob((2,)), empty()
+    layer.setup([x], top)
+    with pytest.raises(NotImplementedError, match="Empty overrides neither forward nor forward_cpu"):
+        layer.Forward([x], top)
