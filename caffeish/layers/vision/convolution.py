@@ -3,11 +3,9 @@ parameter rules it shares with Deconvolution.  Its engines are in ``conv_engines
 """
 import math
 
-from ...blob import Blob
 from ...errors import CaffeishError
-from ...fillers import fill
 from ...im2col import conv_output_shape
-from ...layer import Layer, register_layer
+from ...layer import Layer, ParamBlob, register_layer
 from .engines import engine_for
 
 
@@ -82,21 +80,11 @@ def base_conv_setup(layer, bottom, transposed=False):
         weight_shape = (layer.channels, layer.num_output // layer.group) + tuple(layer.kernel)
     else:
         weight_shape = (layer.num_output, layer.channels // layer.group) + tuple(layer.kernel)
-    if layer.blobs:
-        if len(layer.blobs) != 1 + layer.bias_term:
-            raise CaffeishError(f"{layer.type} expects {1 + layer.bias_term} parameter blob(s), "
-                                f"{len(layer.blobs)} given")
-        if tuple(layer.blobs[0].shape) != weight_shape:
-            raise CaffeishError(f"incorrect weight shape: expected {weight_shape}, got {layer.blobs[0].shape}")
-        if layer.bias_term and tuple(layer.blobs[1].shape) != (layer.num_output,):
-            raise CaffeishError(f"incorrect bias shape: expected ({layer.num_output},), got {layer.blobs[1].shape}")
-    else:
-        layer.blobs = [Blob(weight_shape, dtype=layer.dtype, name=f"{layer.name}[0]")]
-        fill(layer.blobs[0], p.weight_filler)
-        if layer.bias_term:
-            layer.blobs.append(Blob((layer.num_output,), dtype=layer.dtype, name=f"{layer.name}[1]"))
-            fill(layer.blobs[1], p.bias_filler)
-    layer.param_propagate_down = [True] * len(layer.blobs)
+    specs = [ParamBlob("weights", weight_shape, p.weight_filler)]
+    if layer.bias_term:
+        specs.append(ParamBlob("bias", (layer.num_output,), p.bias_filler))
+    layer.init_params(specs, f"with num_output {layer.num_output}, {layer.channels} input channels, group "
+                             f"{layer.group} and kernel {tuple(layer.kernel)}")
 
 
 def check_conv_bottoms(layer, bottom):

@@ -180,5 +180,5 @@ def test_convolution_errors(params, shape, message):
 def test_convolution_rejects_wrong_weight_shape():
     layer = make_layer('type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 bias_term: false } '
                        'blobs { shape { dim: 2 dim: 1 dim: 2 dim: 2 } }')
-    with pytest.raises(CaffeishError, match="incorrect weight shape"):
+    with pytest.raises(CaffeishError, match=r"needs parameter blob 0 \(weights\) of shape"):
         layer.setup([blob((1, 1, 4, 4))], empty())
