@@ -1,5 +1,7 @@
 """String registries (Caffe's LayerRegistry/SolverRegistry), shared by layers, solvers and CLI verbs."""
 import difflib
+import importlib
+import pkgutil
 
 from .errors import CaffeishError
 
@@ -36,3 +38,11 @@ class Registry:
 
     def items(self):
         return sorted(self._entries.items())
+
+
+def import_modules(package, path, skip=()):
+    """Import every module of a package (``import_modules(__name__, __path__)`` in its ``__init__``), so that the
+    registrations in them happen: a new layer, solver, backend or verb module needs no import line elsewhere."""
+    for module in pkgutil.iter_modules(path):
+        if module.name not in skip:
+            importlib.import_module(f"{package}.{module.name}")

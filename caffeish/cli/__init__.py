@@ -4,10 +4,8 @@ Caffe's single-dash long flags (``-model``, ``-sigint_effect``) are accepted
 as they are, so a Caffe command line works with only the program name changed.
 A user mistake prints one paragraph and exits 1; ``--debug`` shows the traceback.
 """
-import importlib
 import logging
 import os
-import pkgutil
 import re
 import sys
 import time
@@ -15,7 +13,7 @@ import time
 import click
 
 from ..errors import CaffeishError
-from ..registry import Registry
+from ..registry import Registry, import_modules
 
 COMMANDS = Registry("command")
 
@@ -78,9 +76,7 @@ def cli(ctx, debug):
 
 def _load_verbs():
     """Import every module of this package; each registers its verb(s)."""
-    for module in pkgutil.iter_modules(__path__):
-        if module.name != "common":
-            importlib.import_module(f"{__name__}.{module.name}")
+    import_modules(__name__, __path__, skip=("common",))
     for name, cmd in COMMANDS.items():
         cli.add_command(cmd, name)
 

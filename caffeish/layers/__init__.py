@@ -7,11 +7,9 @@ The package also answers pycaffe's ``from caffe import layers as L``:
 ``L.Convolution(bottom, ...)`` (any capitalised name that is not a module here)
 is NetSpec's layer function of that type, so one name serves both uses.
 """
-import importlib
-import pkgutil
+from ..registry import import_modules
 
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
+import_modules(__name__, __path__)
 
 
 def __getattr__(name):

@@ -1,9 +1,11 @@
 """Solvers: the training loop and its update rules, registered by Caffe's type names."""
 from ..prototxt import read_solver_param
-from . import adaptive, sgd  # noqa: F401  (register the types)
+from ..registry import import_modules
 from .adaptive import AdaDeltaSolver, AdaGradSolver, AdamSolver, RMSPropSolver
 from .sgd import NesterovSolver, SGDSolver
 from .solver import SOLVERS, Solver, register_solver, upgrade_solver_type
+
+import_modules(__name__, __path__)  # each module registers its solver types
 
 
 def get_solver(solver, **kw):

@@ -2,4 +2,6 @@
 
 ReLU, PReLU, Sigmoid, TanH, Dropout, and ELU, Swish, Clip, AbsVal, BNLL, Power, Exp, Log, Threshold.
 """
-from . import elementwise, neuron, prelu, relu  # noqa: F401  (registers the layer types)
+from ...registry import import_modules
+
+import_modules(__name__, __path__)  # each module registers its layer types

@@ -2,4 +2,6 @@
 
 ``prefetch`` is the base of the layers that read ahead on a thread (``PrefetchingDataLayer``, ``Reader``).
 """
-from . import data, dummy_data, hdf5_data, hdf5_output, image_data, input, memory_data, prefetch  # noqa: F401
+from ...registry import import_modules
+
+import_modules(__name__, __path__)  # each module registers its layer types

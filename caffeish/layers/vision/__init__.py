@@ -1,4 +1,6 @@
 """Vision layers over feature maps ``(N, C, *spatial)``: Convolution, Deconvolution, Im2col, Pooling, SPP, Crop,
 and the normalisations LRN, MVN and BatchNorm.
 """
-from . import batch_norm, convolution, crop, deconvolution, im2col_layer, lrn, mvn, pooling, spp  # noqa: F401
+from ...registry import import_modules
+
+import_modules(__name__, __path__)  # each module registers its layer types
