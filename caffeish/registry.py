@@ -40,9 +40,10 @@ class Registry:
         return sorted(self._entries.items())
 
 
-def import_modules(package, path, skip=()):
+def import_modules(package, path, skip=(), suffix=""):
     """Import every module of a package (``import_modules(__name__, __path__)`` in its ``__init__``), so that the
-    registrations in them happen: a new layer, solver, backend or verb module needs no import line elsewhere."""
+    registrations in them happen: a new layer, solver, backend or verb module needs no import line elsewhere.
+    ``suffix``: only the modules whose names end with it (``"_backend"``)."""
     for module in pkgutil.iter_modules(path):
-        if module.name not in skip:
+        if module.name not in skip and module.name.endswith(suffix):
             importlib.import_module(f"{package}.{module.name}")

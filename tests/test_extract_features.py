@@ -135,7 +135,7 @@ def test_bad_arguments_are_clear_and_write_nothing(tmp_path, tiny, capsys):
         (("fc", tmp_path / "a", -2), "not '-2'"),
         (("fc", tmp_path / "a", "x"), "not 'x'"),
         (("fc", tmp_path / "a", 1, "leveldb"), "writing LevelDB is not supported"),
-        (("fc", tmp_path / "a", 1, "rocksdb"), "unknown database type 'rocksdb' (known: lmdb, hdf5)"),
+        (("fc", tmp_path / "a", 1, "rocksdb"), "unknown database type 'rocksdb' (known types: h5, hdf5, leveldb, lmdb)"),
         (("fc", tmp_path / "a", 1, "lmdb", "--backend", "hdf5"), "database type is given twice and differs"),
         (("fc", tmp_path / "a", 1, "lmdb", "TPU"), "CPU or GPU [DEVICE_ID], not 'TPU'"),
         (("fc,conv", f"{tmp_path / 'a'},{tmp_path / 'a'}", 1), f"database {tmp_path / 'a'} is named twice"),

@@ -68,7 +68,7 @@ def compute_mean(db, log_every=LOG_EVERY):
 @click.command()
 @click.argument("db", type=click.Path())
 @click.argument("out", required=False, type=click.Path())
-@click.option("--backend", default="auto", show_default=True, help="lmdb, hdf5, or auto (guess from DB).")
+@click.option("--backend", default="auto", show_default=True, help="lmdb, hdf5, ... or auto (recognised on disk).")
 def compute_mean_command(db, out, backend):
     """The mean image of DB, written to OUT (a BlobProto) when given; per-channel means are logged."""
     with open_db(db, backend, "r") as database:

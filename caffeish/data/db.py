@@ -38,7 +38,7 @@ its directories are known, but ``open_db`` and the Data layer refuse it (``refus
 serves ``caffeish convert leveldb``, which copies such a database into an LMDB.
 
 Adding a backend: a module ``caffeish/data/<name>_backend.py`` with a ``DatabaseBackend`` subclass
-decorated ``@register_backend``, and its name in the import line of ``caffeish/data/__init__.py``.
+decorated ``@register_backend``; importing ``caffeish.data`` imports every ``*_backend`` module.
 
 ``atomic_db_path`` builds a database at a temporary sibling path and renames
 it into place only when the build succeeds.
