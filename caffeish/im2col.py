@@ -1,23 +1,6 @@
-"""Batched N-D im2col / col2im (Caffe's ``im2col_nd`` layout), for numpy and CuPy alike.
-
-For a batch ``x`` of shape ``(N, C, *spatial)`` the columns have shape
-``(N, C * prod(kernel), prod(out))``: row ``c * prod(kernel) + k`` (``k`` the
-kernel offset in row-major order) holds, for every output position, the input
-value that offset sees -- or 0 where it falls in the padding (or beyond it).
-This is exactly Caffe's per-image column buffer, stacked over the batch, so a
-weight blob ``(num_output, C/group, *kernel)`` flattened to 2-D multiplies it.
-
-``im2col`` is one copy from a strided view of the (padded) input that holds every
-kernel offset for every output position; ``col2im``, its adjoint, loops over the
-kernel offsets only (each step one strided slice over the whole batch), summing
-the overlapping patches and dropping what falls in the padding.
-
-``im2col_cm`` / ``col2im_cm`` do the same with channel-major columns
-``(C * prod(kernel), N * prod(out))`` -- the images side by side -- so that one
-GEMM per group covers the whole batch; they can write into work buffers
-(``caffeish.cpu.workspace``) that are allocated once and reused by every layer,
-as Caffe's column buffer is.  Their element-wise copies and sums are split across
-threads (``caffeish.cpu.parallel_for``).
+"""Batched N-D im2col / col2im in Caffe's ``im2col_nd`` layout, for numpy and CuPy alike: per image
+(``im2col``, ``col2im``) or channel-major for the whole batch (``im2col_cm``, ``col2im_cm``, ``col2im_cm_wide``),
+and the convolution geometry they share (``conv_output_shape``, ``geometry``).
 """
 import itertools
 import math
@@ -78,8 +61,8 @@ def _interior(spatial, pad):
 def _as_strided(xp, array, shape, strides, offset=0):
     """A view of ``array``'s memory from element ``offset`` on, with the given shape and byte strides.
 
-    numpy's ``as_strided`` costs ~3 us a call, the plain ndarray constructor a tenth of that -- it
-    counts where a view is made per kernel offset and per chunk of images."""
+    Contiguous numpy arrays go through the plain ndarray constructor, cheaper per call than ``as_strided``: it
+    counts where a view is made per kernel offset and per chunk of images (see bench/README.md, Tuning history)."""
     if xp is numpy and array.flags.c_contiguous:
         return numpy.ndarray(tuple(shape), array.dtype, array, offset * array.itemsize, tuple(strides))
     return xp.lib.stride_tricks.as_strided(array[offset:] if offset else array, shape=tuple(shape),
@@ -122,7 +105,14 @@ def _window_view(xp, source, kernel, stride, dilation, out_shape, channel_major)
 
 
 def im2col(x, kernel, stride, pad, dilation, out_shape=None):
-    """``x`` (N, C, *spatial) -> columns (N, C * prod(kernel), prod(out_shape))."""
+    """``x`` (N, C, *spatial) -> columns (N, C * prod(kernel), prod(out_shape)).
+
+    Row ``c * prod(kernel) + k`` (``k`` the kernel offset in row-major order) holds, for every output
+    position, the input value that offset sees -- or 0 where it falls in the padding (or beyond it).
+    This is exactly Caffe's per-image column buffer, stacked over the batch, so a weight blob
+    ``(num_output, C/group, *kernel)`` flattened to 2-D multiplies it.  One copy from a strided view of
+    the (padded) input that holds every kernel offset for every output position.
+    """
     xp = get_array_module(x)
     n, c = x.shape[:2]
     out_shape, padded_shape, offsets, _ = geometry(x.shape[2:], kernel, stride, pad, dilation, out_shape)
@@ -133,7 +123,11 @@ def im2col(x, kernel, stride, pad, dilation, out_shape=None):
 
 
 def col2im(cols, x_shape, kernel, stride, pad, dilation, out_shape=None):
-    """Columns (N, C * prod(kernel), prod(out)) -> (N, C, *spatial), overlaps summed, padding dropped."""
+    """Columns (N, C * prod(kernel), prod(out)) -> (N, C, *spatial), overlaps summed, padding dropped.
+
+    The adjoint of ``im2col``: a loop over the kernel offsets only (each step one strided slice over the
+    whole batch), summing the overlapping patches and dropping what falls in the padding.
+    """
     xp = get_array_module(cols)
     n, c = x_shape[:2]
     spatial = tuple(x_shape[2:])
@@ -161,6 +155,10 @@ def im2col_cm(x, kernel, stride, pad, dilation, out_shape=None, slot=None):
     multiplies the whole batch in one GEMM (rows of a group are contiguous: split C into groups).
     One strided copy from the (padded) input; with ``slot`` the result lives in that work buffer
     (and so does the padded input, in ``slot + '.pad'``).
+
+    The channel-major functions (this, ``col2im_cm``, ``col2im_cm_wide``) can write into work buffers
+    (``caffeish.cpu.workspace``) that are allocated once and reused by every layer, as Caffe's column
+    buffer is.  Their element-wise copies and sums are split across threads (``caffeish.cpu.parallel_for``).
     """
     xp = get_array_module(x)
     n, c = x.shape[:2]

@@ -1,21 +1,6 @@
-"""The Layer base class: Caffe's contract, in Python.
-
-A layer overrides only ``layer_setup`` (once), ``reshape`` (shapes of tops and
-internal buffers), ``forward`` and ``backward``: one code path for numpy and CuPy
-(``xp = get_array_module(x)``), or, where a device has a kernel of its own,
-``forward_cpu`` / ``forward_gpu`` (and ``backward_*``), which the base class's
-``forward`` / ``backward`` pick by the arrays' type (Chainer's FunctionNode).  ``setup`` -- the base class's
--- checks the declared bottom/top counts, calls those two, and sets the loss
-weights.  ``backward(top, propagate_down, bottom)`` overwrites ``bottom[i].diff``
-where ``propagate_down[i]`` (fan-out has been made explicit by Split layers) and
-accumulates (+=) into ``self.blobs[j].diff`` where ``param_propagate_down[j]``,
-which is what makes weight sharing and gradient accumulation work.
-
-A layer with parameters declares them in ``layer_setup`` with ``init_params`` (a list of
-``ParamBlob(name, shape, filler)``), which creates and fills them or checks the shapes of those it was given.
-
-Layers must read parameters through ``self.blobs[j].data`` on every call, never
-cache the arrays: weight sharing swaps the buffers after setup.
+"""The Layer base class -- Caffe's layer contract, in Python -- with the NeuronLayer and LossLayer bases, the
+parameter blobs a layer declares (``ParamBlob``, ``Layer.init_params``), and the registry of layer types
+(``register_layer``, ``create_layer``).
 """
 from collections import namedtuple
 
@@ -53,6 +38,25 @@ def create_layer(layer_param, dtype=numpy.float32):
 
 
 class Layer:
+    """The base of every layer type: Caffe's layer contract, in Python.
+
+    A layer overrides only ``layer_setup`` (once), ``reshape`` (shapes of tops and
+    internal buffers), ``forward`` and ``backward``: one code path for numpy and CuPy
+    (``xp = get_array_module(x)``), or, where a device has a kernel of its own,
+    ``forward_cpu`` / ``forward_gpu`` (and ``backward_*``), which the base class's
+    ``forward`` / ``backward`` pick by the arrays' type (Chainer's FunctionNode).  ``setup`` -- the base class's
+    -- checks the declared bottom/top counts, calls those two, and sets the loss
+    weights.  ``backward(top, propagate_down, bottom)`` overwrites ``bottom[i].diff``
+    where ``propagate_down[i]`` (fan-out has been made explicit by Split layers) and
+    accumulates (+=) into ``self.blobs[j].diff`` where ``param_propagate_down[j]``,
+    which is what makes weight sharing and gradient accumulation work.
+
+    A layer with parameters declares them in ``layer_setup`` with ``init_params`` (a list of
+    ``ParamBlob(name, shape, filler)``), which creates and fills them or checks the shapes of those it was given.
+
+    Layers must read parameters through ``self.blobs[j].data`` on every call, never
+    cache the arrays: weight sharing swaps the buffers after setup.
+    """
     #: Declared blob counts (None = unconstrained), as Caffe's ExactNumBottomBlobs() etc.
     exact_num_bottom = None
     min_bottom = None
