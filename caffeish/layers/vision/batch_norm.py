@@ -1,21 +1,5 @@
-"""BatchNorm: Caffe's batch normalisation (no scale and shift; a Scale layer follows it for those).
-
-bottom: ``(N, C, *rest)`` (a 1-axis bottom has one channel).  top: the same shape; may run in place.
-Statistics are per channel, over the batch and all the other axes (``m = count / C`` values each).
-
-blobs (not learned): [0] the running sum of means ``(C,)``, [1] of variances ``(C,)``, [2] the scale
-factor ``(1,)``, all 0 at first.  Setup appends ``param { lr_mult: 0 }`` to the layer's ParamSpecs for
-each of them that has none (and refuses a non-zero lr_mult), as Caffe does, so that a Net gives them
-no update.
-
-use_global_stats (unset: true in TEST, false in TRAIN):
-  false -- normalise with the batch mean and (biased) variance, ``y = (x - mean) / sqrt(var + eps)``,
-           and update the running sums: ``s = s * maf + 1``, ``mean_sum = maf * mean_sum + mean``,
-           ``var_sum = maf * var_sum + m / (m - 1) * var`` (factor 1 when m is 1), ``maf`` the
-           moving_average_fraction.
-  true  -- normalise with ``mean_sum / s`` and ``var_sum / s`` (0 when ``s`` is 0).
-Backward: ``dx = (dy - mean(dy) - y mean(dy y)) / sqrt(var + eps)`` with batch statistics, and
-``dx = dy / sqrt(var + eps)`` with global ones.  The parameter blobs get no gradient.
+"""The BatchNorm layer (Caffe's BatchNormLayer): batch normalisation per channel, without scale and shift
+(a Scale layer follows it for those).
 """
 from ...blob import Blob
 from ...errors import CaffeishError
@@ -25,6 +9,25 @@ from ...proto import caffe_pb2
 
 @register_layer("BatchNorm")
 class BatchNormLayer(Layer):
+    """BatchNorm: Caffe's batch normalisation (no scale and shift; a Scale layer follows it for those).
+
+    bottom: ``(N, C, *rest)`` (a 1-axis bottom has one channel).  top: the same shape; may run in place.
+    Statistics are per channel, over the batch and all the other axes (``m = count / C`` values each).
+
+    blobs (not learned): [0] the running sum of means ``(C,)``, [1] of variances ``(C,)``, [2] the scale
+    factor ``(1,)``, all 0 at first.  Setup appends ``param { lr_mult: 0 }`` to the layer's ParamSpecs for
+    each of them that has none (and refuses a non-zero lr_mult), as Caffe does, so that a Net gives them
+    no update.
+
+    use_global_stats (unset: true in TEST, false in TRAIN):
+      false -- normalise with the batch mean and (biased) variance, ``y = (x - mean) / sqrt(var + eps)``,
+               and update the running sums: ``s = s * maf + 1``, ``mean_sum = maf * mean_sum + mean``,
+               ``var_sum = maf * var_sum + m / (m - 1) * var`` (factor 1 when m is 1), ``maf`` the
+               moving_average_fraction.
+      true  -- normalise with ``mean_sum / s`` and ``var_sum / s`` (0 when ``s`` is 0).
+    Backward: ``dx = (dy - mean(dy) - y mean(dy y)) / sqrt(var + eps)`` with batch statistics, and
+    ``dx = dy / sqrt(var + eps)`` with global ones.  The parameter blobs get no gradient.
+    """
     exact_num_bottom = 1
     exact_num_top = 1
 

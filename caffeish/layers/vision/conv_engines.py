@@ -1,9 +1,5 @@
 """The engines that run a Convolution layer's passes: im2col + GEMM (numpy or CuPy), the same image by image
 over CPU threads, cuDNN, and the compiled direct convolution.  ``caffeish.layers.vision.engines`` picks one.
-
-Every engine takes the layer's batch views: ``x`` (num, C, *spatial), ``y`` / ``dy`` (num, num_output,
-prod(out)); ``dx`` like ``x`` or None; ``dw`` / ``db`` the parameter diffs (added to) or None.  Weights are read
-from ``layer.blobs`` on every call (weight sharing swaps the arrays).
 """
 import math
 
@@ -38,6 +34,10 @@ class GemmConvolution:
     (``data_path``).  Column, GEMM and padding buffers are ``caffeish.cpu.workspace`` buffers shared by all
     layers.  A 1x1 kernel with stride 1 and no padding uses the input as its columns.  Very large batches are cut
     into chunks whose columns stay under ``COL_BUFFER_BYTES``.
+
+    Every Convolution engine (this and its subclasses) takes the layer's batch views: ``x`` (num, C, *spatial),
+    ``y`` / ``dy`` (num, num_output, prod(out)); ``dx`` like ``x`` or None; ``dw`` / ``db`` the parameter diffs
+    (added to) or None.  Weights are read from ``layer.blobs`` on every call (weight sharing swaps the arrays).
     """
     name = "gemm"
 

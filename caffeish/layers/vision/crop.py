@@ -1,9 +1,5 @@
-"""Crop: Caffe's crop of bottom[0] to the shape of bottom[1] from ``crop_param.axis`` (default 2) on.
-
-bottom[0]: the data.  bottom[1]: only its shape is read (same number of axes).  top: bottom[0]'s shape
-with every axis ``i >= axis`` taken from bottom[1]; axis ``i`` starts at ``offset`` -- none given: 0,
-one given: that one for every cropped axis, else one per cropped axis.  Backward zero-fills bottom[0]'s
-gradient and copies the top's into the cropped window; bottom[1] gets no gradient (zeros if asked).
+"""The Crop layer (Caffe's CropLayer): bottom[0] cropped to the shape of bottom[1] from ``crop_param.axis``
+on, at the given offsets.
 """
 from ...errors import CaffeishError
 from ...layer import Layer, register_layer
@@ -11,6 +7,13 @@ from ...layer import Layer, register_layer
 
 @register_layer("Crop")
 class CropLayer(Layer):
+    """Crop: Caffe's crop of bottom[0] to the shape of bottom[1] from ``crop_param.axis`` (default 2) on.
+
+    bottom[0]: the data.  bottom[1]: only its shape is read (same number of axes).  top: bottom[0]'s shape
+    with every axis ``i >= axis`` taken from bottom[1]; axis ``i`` starts at ``offset`` -- none given: 0,
+    one given: that one for every cropped axis, else one per cropped axis.  Backward zero-fills bottom[0]'s
+    gradient and copies the top's into the cropped window; bottom[1] gets no gradient (zeros if asked).
+    """
     exact_num_bottom = 2
     exact_num_top = 1
 

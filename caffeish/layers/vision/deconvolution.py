@@ -1,12 +1,6 @@
-"""Deconvolution: Caffe's transposed convolution (the gradient of Convolution with respect to its input).
-
-bottom: one or more blobs of the same shape ``(*num, C, *spatial)`` with ``C`` at
-``convolution_param.axis`` (default 1); each gives the top of the same index,
-``(*num, num_output, *out)`` with ``out = stride (in - 1) + dilation (k - 1) + 1 - 2 pad``.
-blobs: weights ``(C, num_output / group, *kernel)`` (Caffe's reversed convolution shape) and, with
-``bias_term``, bias ``(num_output,)``.
-
-Its engines (``conv_engines.GemmDeconvolution``, ``NativeDeconvolution``) are picked by ``engines``.
+"""The Deconvolution layer (Caffe's DeconvolutionLayer): the transposed convolution, the gradient of Convolution
+with respect to its input.  Its engines (``conv_engines.GemmDeconvolution``, ``NativeDeconvolution``) are
+picked by ``engines``.
 """
 import math
 
@@ -19,6 +13,14 @@ from .engines import engine_for
 
 @register_layer("Deconvolution")
 class DeconvolutionLayer(Layer):
+    """Deconvolution: Caffe's transposed convolution (the gradient of Convolution with respect to its input).
+
+    bottom: one or more blobs of the same shape ``(*num, C, *spatial)`` with ``C`` at
+    ``convolution_param.axis`` (default 1); each gives the top of the same index,
+    ``(*num, num_output, *out)`` with ``out = stride (in - 1) + dilation (k - 1) + 1 - 2 pad``.
+    blobs: weights ``(C, num_output / group, *kernel)`` (Caffe's reversed convolution shape) and, with
+    ``bias_term``, bias ``(num_output,)``.
+    """
     min_bottom = 1
     min_top = 1
     equal_num_bottom_top = True

@@ -1,11 +1,4 @@
-"""Im2col: Caffe's layer that exposes the convolution column buffer as its top.
-
-bottom: ``(*num, C, *spatial)`` with ``C`` at ``convolution_param.axis`` (default 1).
-top: ``(*num, C * prod(kernel), *out)``, ``out = (in + 2 pad - (dilation (k - 1) + 1)) / stride + 1``
-(C++ integer division), laid out as Caffe's column buffer: channel ``c * prod(kernel) + k`` (``k`` the
-row-major kernel offset) holds, at each output position, the input value that offset sees, or 0 in the
-padding.  Only ``kernel_size`` / ``stride`` / ``pad`` / ``dilation`` (or their ``_h``/``_w`` forms) are read.
-Backward is col2im: the overlapping patches are summed back onto the input.
+"""The Im2col layer (Caffe's Im2colLayer): the convolution column buffer of its bottom as its top.
 """
 from ...errors import CaffeishError
 from ...im2col import col2im, conv_output_shape, im2col
@@ -15,6 +8,15 @@ from .convolution import conv_geometry
 
 @register_layer("Im2col")
 class Im2colLayer(Layer):
+    """Im2col: Caffe's layer that exposes the convolution column buffer as its top.
+
+    bottom: ``(*num, C, *spatial)`` with ``C`` at ``convolution_param.axis`` (default 1).
+    top: ``(*num, C * prod(kernel), *out)``, ``out = (in + 2 pad - (dilation (k - 1) + 1)) / stride + 1``
+    (C++ integer division), laid out as Caffe's column buffer: channel ``c * prod(kernel) + k`` (``k`` the
+    row-major kernel offset) holds, at each output position, the input value that offset sees, or 0 in the
+    padding.  Only ``kernel_size`` / ``stride`` / ``pad`` / ``dilation`` (or their ``_h``/``_w`` forms) are read.
+    Backward is col2im: the overlapping patches are summed back onto the input.
+    """
     exact_num_bottom = 1
     exact_num_top = 1
 

@@ -1,16 +1,5 @@
-"""LRN: Caffe's local response normalisation over (N, C, H, W).   top: the bottom's shape.
-
-ACROSS_CHANNELS (default):
-    scale = k + alpha / n * sum_{c' in [c - (n-1)/2, c + (n-1)/2]} x[c']^2   (channels outside are 0)
-    y = x * scale^-beta
-WITHIN_CHANNEL (Caffe builds it from Split, Power, AVE Pooling, Power, Eltwise PROD):
-    scale = 1 + alpha / n^2 * sum over the n x n window centred on (h, w) of x^2   (zero padded)
-    y = x * scale^-beta
-    -- ``k`` is not used, and the window sum is divided by n^2 everywhere, borders included:
-    Caffe's AVE pool with pad (n-1)/2 counts the padding in its divisor.
-``n`` is ``local_size``, which must be odd.  In place (top = bottom) works: the input is kept for backward.
-Across channels the window sum adds shifted channel slices (no padded copy; a difference of cumulative
-sums for very large windows); ``scale`` and ``scale^-beta`` are kept from forward for backward.
+"""The LRN layer (Caffe's LRNLayer): local response normalisation over (N, C, H, W), across channels or
+within each channel; CUDA kernels for ACROSS_CHANNELS on CuPy arrays (``caffeish.cuda.lrn``).
 """
 from ...backend import get_array_module
 from ...cuda import kernels as cuda_kernels
@@ -44,7 +33,7 @@ def _window_sum(a, size, axes):
 
 
 #: Up to this local_size the channel window is summed as shifted slices; beyond, as a difference of
-#: cumulative sums (numpy's cumsum along the channel axis costs about as much as 25 shifted adds).
+#: cumulative sums (see bench/README.md, Tuning history).
 SHIFTED_SUM_MAX_SIZE = 25
 
 
@@ -74,6 +63,20 @@ def _channel_window_sum(a, size, out):
 
 @register_layer("LRN")
 class LRNLayer(Layer):
+    """LRN: Caffe's local response normalisation over (N, C, H, W).   top: the bottom's shape.
+
+    ACROSS_CHANNELS (default):
+        scale = k + alpha / n * sum_{c' in [c - (n-1)/2, c + (n-1)/2]} x[c']^2   (channels outside are 0)
+        y = x * scale^-beta
+    WITHIN_CHANNEL (Caffe builds it from Split, Power, AVE Pooling, Power, Eltwise PROD):
+        scale = 1 + alpha / n^2 * sum over the n x n window centred on (h, w) of x^2   (zero padded)
+        y = x * scale^-beta
+        -- ``k`` is not used, and the window sum is divided by n^2 everywhere, borders included:
+        Caffe's AVE pool with pad (n-1)/2 counts the padding in its divisor.
+    ``n`` is ``local_size``, which must be odd.  In place (top = bottom) works: the input is kept for backward.
+    Across channels the window sum adds shifted channel slices (no padded copy; a difference of cumulative
+    sums for very large windows); ``scale`` and ``scale^-beta`` are kept from forward for backward.
+    """
     exact_num_bottom = 1
     exact_num_top = 1
 

@@ -1,13 +1,5 @@
-"""MVN: Caffe's mean-variance normalisation.
-
-bottom: up to 4 axes, read as Caffe's legacy (num, channels, height, width).  top: that 4-axis shape
-``(num, channels, height, width)`` -- Caffe reshapes its top so (a bottom (N, D) gives (N, D, 1, 1)).
-
-Each group -- one (image, channel) plane, or with ``across_channels`` the whole image -- gets
-``y = x - mean``, and with ``normalize_variance`` (default) ``y = (x - mean) / (std + eps)``, where
-``std = sqrt(mean((x - mean)^2))`` and ``eps`` (default 1e-9) is added to the standard deviation, not
-to the variance.  Backward, as Caffe: ``dx = dy - mean(dy)``, or with the variance normalised
-``dx = (dy - mean(dy) - y mean(dy y)) / (std + eps)``.
+"""The MVN layer (Caffe's MVNLayer): mean-variance normalisation of each (image, channel) plane, or of each
+image with ``across_channels``.
 """
 from ...errors import CaffeishError
 from ...layer import Layer, register_layer
@@ -15,6 +7,17 @@ from ...layer import Layer, register_layer
 
 @register_layer("MVN")
 class MVNLayer(Layer):
+    """MVN: Caffe's mean-variance normalisation.
+
+    bottom: up to 4 axes, read as Caffe's legacy (num, channels, height, width).  top: that 4-axis shape
+    ``(num, channels, height, width)`` -- Caffe reshapes its top so (a bottom (N, D) gives (N, D, 1, 1)).
+
+    Each group -- one (image, channel) plane, or with ``across_channels`` the whole image -- gets
+    ``y = x - mean``, and with ``normalize_variance`` (default) ``y = (x - mean) / (std + eps)``, where
+    ``std = sqrt(mean((x - mean)^2))`` and ``eps`` (default 1e-9) is added to the standard deviation, not
+    to the variance.  Backward, as Caffe: ``dx = dy - mean(dy)``, or with the variance normalised
+    ``dx = (dy - mean(dy) - y mean(dy y)) / (std + eps)``.
+    """
     exact_num_bottom = 1
     exact_num_top = 1
 

@@ -1,26 +1,6 @@
-"""Pooling: Caffe's 2-D MAX / AVE / STOCHASTIC pooling over (N, C, H, W), with Caffe's output-size rounding.
-The engine that runs it (``pooling_engines``) is chosen per input shape by ``caffeish.layers.vision.engines``.
-
-bottom: (N, C, H, W).  top[0]: (N, C, PH, PW) with
-``PH = ceil((H + 2 pad_h - kernel_h) / stride_h) + 1`` (``floor`` for ``round_mode: FLOOR``),
-then, when there is padding, one fewer if the last window would start in the padding
-(``(PH - 1) stride_h >= H + pad_h``); likewise PW.  MAX may have a second top: the mask,
-the index ``h * W + w`` of each window's maximum within its channel plane (as floats).
-
-MAX ignores the padding and keeps the first maximum in scan order (Caffe's strict ``>``).
-AVE sums the window's values inside the image and divides by the window's size clipped to
-the padded image (``H + pad``), so windows over the padding count it as zeros.
-``global_pooling`` pools over the whole of H x W.
-
-STOCHASTIC follows Caffe's (GPU-only) kernels.  Its windows ignore the padding: window
-``(ph, pw)`` covers rows ``[ph stride_h, min(ph stride_h + kernel_h, H))`` and likewise the
-columns (the output size is still computed with the padding; a window that starts past
-the image is empty and gives 0).  In TRAIN each window draws ``u`` uniform in [0, 1) from
-``caffeish.backend`` and outputs the first element, in row-major order, whose running sum
-reaches ``u * sum(window)`` -- a sample with probability proportional to the (non-negative)
-activations; backward routes the gradient to that element.  In TEST the output is
-``sum(x^2) / sum(x)`` over the window (0 where the sum is not positive), and, as in Caffe,
-there is no backward.
+"""The Pooling layer (Caffe's PoolingLayer): 2-D MAX / AVE / STOCHASTIC pooling over (N, C, H, W), with
+Caffe's output-size rounding (``pooled_size``).  The engine that runs it (``pooling_engines``) is chosen per
+input shape by ``caffeish.layers.vision.engines``.
 """
 from ...errors import CaffeishError
 from ...layer import Layer, register_layer
@@ -31,7 +11,7 @@ PP = caffe_pb2.PoolingParameter
 
 
 def pooled_size(size, kernel, stride, pad, ceil_mode=True):
-    """Caffe's pooled length along one axis (see the module docstring)."""
+    """Caffe's pooled length along one axis (see ``PoolingLayer``)."""
     num = size + 2 * pad - kernel
     out = (-(-num // stride) if ceil_mode else num // stride) + 1
     if pad and (out - 1) * stride >= size + pad:
@@ -41,6 +21,29 @@ def pooled_size(size, kernel, stride, pad, ceil_mode=True):
 
 @register_layer("Pooling")
 class PoolingLayer(Layer):
+    """Pooling: Caffe's 2-D MAX / AVE / STOCHASTIC pooling over (N, C, H, W), with Caffe's output-size rounding.
+
+    bottom: (N, C, H, W).  top[0]: (N, C, PH, PW) with
+    ``PH = ceil((H + 2 pad_h - kernel_h) / stride_h) + 1`` (``floor`` for ``round_mode: FLOOR``),
+    then, when there is padding, one fewer if the last window would start in the padding
+    (``(PH - 1) stride_h >= H + pad_h``); likewise PW.  MAX may have a second top: the mask,
+    the index ``h * W + w`` of each window's maximum within its channel plane (as floats).
+
+    MAX ignores the padding and keeps the first maximum in scan order (Caffe's strict ``>``).
+    AVE sums the window's values inside the image and divides by the window's size clipped to
+    the padded image (``H + pad``), so windows over the padding count it as zeros.
+    ``global_pooling`` pools over the whole of H x W.
+
+    STOCHASTIC follows Caffe's (GPU-only) kernels.  Its windows ignore the padding: window
+    ``(ph, pw)`` covers rows ``[ph stride_h, min(ph stride_h + kernel_h, H))`` and likewise the
+    columns (the output size is still computed with the padding; a window that starts past
+    the image is empty and gives 0).  In TRAIN each window draws ``u`` uniform in [0, 1) from
+    ``caffeish.backend`` and outputs the first element, in row-major order, whose running sum
+    reaches ``u * sum(window)`` -- a sample with probability proportional to the (non-negative)
+    activations; backward routes the gradient to that element.  In TEST the output is
+    ``sum(x^2) / sum(x)`` over the window (0 where the sum is not positive), and, as in Caffe,
+    there is no backward.
+    """
     exact_num_bottom = 1
     min_top = 1
     max_top = 2

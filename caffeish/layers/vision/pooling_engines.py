@@ -1,8 +1,5 @@
 """The engines that run a Pooling layer: window sums and maxima over strided views (numpy or CuPy), Caffe's
 STOCHASTIC pooling, and the CUDA kernels.  ``caffeish.layers.vision.engines`` picks one.
-
-Each engine is made for one input shape and copies the layer's geometry (``height``, ``pooled_h``,
-``kernel_h``, ``stride_h``, ``pad_h``, ... as ``PoolingLayer.reshape`` set them).
 """
 import numpy
 
@@ -19,7 +16,11 @@ GEOMETRY = ("height", "width", "pooled_h", "pooled_w", "kernel_h", "kernel_w", "
 
 
 class PoolingEngine:
-    """The window geometry shared by the engines."""
+    """The window geometry shared by the engines.
+
+    Each engine is made for one input shape and copies the layer's geometry (``height``, ``pooled_h``,
+    ``kernel_h``, ``stride_h``, ``pad_h``, ... as ``PoolingLayer.reshape`` set them).
+    """
     name = "pooling"
 
     def __init__(self, layer, reason=""):

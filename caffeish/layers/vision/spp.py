@@ -1,13 +1,5 @@
-"""SPP: Caffe's spatial pyramid pooling over (N, C, H, W).
-
-Level ``l`` (0 .. pyramid_height - 1) has ``b = 2^l`` bins per side and is a Pooling layer with
-``kernel = ceil(H / b)``, ``stride = kernel``, ``pad = (kernel b - H + 1) / 2`` (integer division;
-likewise for W), and Caffe's pooling output size (so a level may have fewer than ``b`` bins, and
-Pooling's rule ``pad < kernel`` may refuse a small input).  With ``pyramid_height`` 1 the single
-level's output is the top, ``(N, C, 1, 1)``; otherwise each level is flattened to ``(N, C * bins)`` and
-the levels are concatenated: top ``(N, sum over levels of C * bins)``.  ``pool`` is MAX, AVE or
-STOCHASTIC; as in Caffe the inner Pooling layers always run in the TRAIN phase (Caffe builds them
-from a LayerParameter whose phase is left at its default).  Backward sums the levels' gradients.
+"""The SPP layer (Caffe's SPPLayer): spatial pyramid pooling over (N, C, H, W), one inner Pooling layer per
+pyramid level (``spp_level_param``), their outputs flattened and concatenated (one level's: as it is).
 """
 import math
 
@@ -40,6 +32,17 @@ def spp_level_param(level, height, width, pool, name=""):
 
 @register_layer("SPP")
 class SPPLayer(Layer):
+    """SPP: Caffe's spatial pyramid pooling over (N, C, H, W).
+
+    Level ``l`` (0 .. pyramid_height - 1) has ``b = 2^l`` bins per side and is a Pooling layer with
+    ``kernel = ceil(H / b)``, ``stride = kernel``, ``pad = (kernel b - H + 1) / 2`` (integer division;
+    likewise for W), and Caffe's pooling output size (so a level may have fewer than ``b`` bins, and
+    Pooling's rule ``pad < kernel`` may refuse a small input).  With ``pyramid_height`` 1 the single
+    level's output is the top, ``(N, C, 1, 1)``; otherwise each level is flattened to ``(N, C * bins)`` and
+    the levels are concatenated: top ``(N, sum over levels of C * bins)``.  ``pool`` is MAX, AVE or
+    STOCHASTIC; as in Caffe the inner Pooling layers always run in the TRAIN phase (Caffe builds them
+    from a LayerParameter whose phase is left at its default).  Backward sums the levels' gradients.
+    """
     exact_num_bottom = 1
     exact_num_top = 1
 
