@@ -1,18 +1,5 @@
-"""cuDNN convolutions for 2-D Convolution layers, used where cuDNN is present and measured faster.
-
-Caffe's Convolution is cuDNN's CROSS_CORRELATION mode, so (NCHW, grouped):
-
-    forward:          y (N, O, OH, OW) = correlate(x (N, C, H, W), w (O, C/g, kh, kw)) + b
-    backward_data:    dx (N, C, H, W)  from dy and w
-    backward_filter:  dw (O, C/g, kh, kw) from x and dy
-
-Each function overwrites its output (the layer adds ``dw`` into the weight's diff itself).  They
-need CuPy's ``cupyx.cudnn`` (CuPy 13 and earlier ship it; CuPy 14 dropped cuDNN), see
-``available()``.  Caffe's output size truncates toward zero when a kernel is larger than the padded
-input; cuDNN rounds down: ``applies`` leaves such layers to the GEMM path.
-
-``Chooser`` times the cuDNN call against the GEMM path once per shape, at first use, and keeps the
-faster: cuDNN is not always the faster on small or oddly shaped layers.
+"""cuDNN convolutions for 2-D Convolution layers (``forward``, ``backward_data``, ``backward_filter``), used
+where cuDNN is present and measured faster: ``Chooser`` times them against the GEMM path.
 """
 import numpy
 
@@ -22,7 +9,10 @@ _state = {"available": None}
 
 
 def available():
-    """Whether CuPy's cuDNN bindings import and the cuDNN library answers (checked once)."""
+    """Whether CuPy's cuDNN bindings import and the cuDNN library answers (checked once).
+
+    The functions here need CuPy's ``cupyx.cudnn`` (CuPy 13 and earlier ship it; CuPy 14 dropped cuDNN).
+    """
     if _state["available"] is None:
         ok = False
         if backend.cupy is not None:
@@ -37,7 +27,11 @@ def available():
 
 
 def applies(x, kernel, stride, pad, dilation):
-    """Whether cuDNN computes exactly this layer: CuPy float arrays (N, C, H, W) with non-negative spans."""
+    """Whether cuDNN computes exactly this layer: CuPy float arrays (N, C, H, W) with non-negative spans.
+
+    Caffe's output size truncates toward zero when a kernel is larger than the padded input; cuDNN rounds
+    down: such layers are left to the GEMM path.
+    """
     if not (available() and backend.cupy is not None and isinstance(x, backend.cupy.ndarray)):
         return False
     if x.ndim != 4 or x.dtype not in (numpy.float32, numpy.float64) or len(kernel) != 2:
@@ -47,7 +41,16 @@ def applies(x, kernel, stride, pad, dilation):
 
 
 def forward(x, w, b, y, stride, pad, dilation, groups):
-    """y = correlate(x, w) (+ b, shape (O,), or None), overwritten."""
+    """y = correlate(x, w) (+ b, shape (O,), or None), overwritten.
+
+    Caffe's Convolution is cuDNN's CROSS_CORRELATION mode, so (NCHW, grouped):
+
+        forward:          y (N, O, OH, OW) = correlate(x (N, C, H, W), w (O, C/g, kh, kw)) + b
+        backward_data:    dx (N, C, H, W)  from dy and w
+        backward_filter:  dw (O, C/g, kh, kw) from x and dy
+
+    Each of the three overwrites its output (the layer adds ``dw`` into the weight's diff itself).
+    """
     import cupyx.cudnn
     cupyx.cudnn.convolution_forward(x, w, b, y, tuple(pad), tuple(stride), tuple(dilation), int(groups),
                                     auto_tune=True, tensor_core="auto")
@@ -72,6 +75,9 @@ def backward_filter(x, dy, dw, stride, pad, dilation, groups):
 
 class Chooser:
     """Picks, per key (the layer's shapes and pass), the faster of two ways, timed once on first use.
+
+    It times the cuDNN call against the GEMM path once per shape, at first use, and keeps the faster: cuDNN
+    is not always the faster on small or oddly shaped layers.
 
     ``run(key, cudnn_call, gemm_call)``: each call computes the same result into its output (they must
     overwrite, not accumulate: the first use runs both).  Later uses run only the winner.

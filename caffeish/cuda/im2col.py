@@ -1,19 +1,6 @@
-"""Channel-major im2col / col2im on the GPU (Caffe's im2col_gpu / col2im_gpu, for the whole batch).
-
-Same functions, arguments and results as ``caffeish.im2col.im2col_cm``, ``col2im_cm`` and
-``col2im_cm_wide`` (see there), for 2-D images (N, C, H, W) and 1-D signals (N, C, W), which run
-as images of height 1.  Other ranks, dtypes, or sizes beyond 32-bit indices go to the generic path
-(exactly when ``im2col_applies`` / ``col2im_applies`` are False, so that the generic functions
-may dispatch here on those predicates without a loop).
-
-    columns (C * kh * kw, N * OH * OW), row c kh kw + i kw + j, column n OH OW + oy OW + ox:
-        cols[row, col] = x[n, c, oy sh - ph + i dh, ox sw - pw + j dw]   (0 outside x)
-
-im2col: one thread per column element, so consecutive threads write consecutive columns.
-col2im: one thread per input element, gathering every (kernel offset, output position) that read
-it -- the adjoint -- in a fixed order: no atomics, and the sums are the same on every run.
-Wide columns (``col2im_cm_wide``) have rows of the padded width Wp instead of OW; only their first
-OW entries are read (the rest are the zeros a padded top gradient gives).
+"""Channel-major im2col / col2im on the GPU (Caffe's im2col_gpu / col2im_gpu, for the whole batch): the
+same functions, arguments and results as ``caffeish.im2col.im2col_cm``, ``col2im_cm`` and ``col2im_cm_wide``
+(see there), for 2-D images (N, C, H, W) and 1-D signals (N, C, W); other cases go to those generic functions.
 """
 import math
 
@@ -28,6 +15,12 @@ SOURCE = "im2col"
 
 @kernels.register_source(SOURCE)
 def _source(dtype):
+    """The kernels' CUDA C source.
+
+    im2col: one thread per column element, so consecutive threads write consecutive columns.
+    col2im: one thread per input element, gathering every (kernel offset, output position) that read
+    it -- the adjoint -- in a fixed order: no atomics, and the sums are the same on every run.
+    """
     return r"""
 extern "C" __global__ void im2col_cm(
     const int n, const T* x, const int num, const int channels, const int height, const int width,
@@ -87,7 +80,12 @@ extern "C" __global__ void col2im_cm(
 
 
 def applies(x, kernel, stride, pad, dilation):
-    """Whether the kernels handle this case (CuPy float arrays, 1 or 2 spatial axes)."""
+    """Whether the kernels handle this case (CuPy float arrays, 1 or 2 spatial axes).
+
+    1-D signals (N, C, W) run as images of height 1.  Other ranks, dtypes, or sizes beyond 32-bit indices go
+    to the generic path (exactly when ``im2col_applies`` / ``col2im_applies`` are False, so that the generic
+    functions may dispatch here on those predicates without a loop).
+    """
     return (kernels.usable(x) and x.ndim in (3, 4)
             and all(len(v) == x.ndim - 2 for v in (kernel, stride, pad, dilation)))
 
@@ -116,7 +114,12 @@ def _as_2d(kernel, stride, pad, dilation, out_shape, spatial):
 
 
 def im2col_cm(x, kernel, stride, pad, dilation, out_shape=None, slot=None):
-    """``caffeish.im2col.im2col_cm`` on the GPU: x (N, C, *spatial) -> (C * prod(kernel), N * prod(out))."""
+    """``caffeish.im2col.im2col_cm`` on the GPU: x (N, C, *spatial) -> (C * prod(kernel), N * prod(out)).
+
+    columns (C * kh * kw, N * OH * OW), row c kh kw + i kw + j, column n OH OW + oy OW + ox:
+
+        cols[row, col] = x[n, c, oy sh - ph + i dh, ox sw - pw + j dw]   (0 outside x)
+    """
     if not im2col_applies(x, kernel, stride, pad, dilation, out_shape):
         return generic.im2col_cm(x, kernel, stride, pad, dilation, out_shape, slot=slot)
     xp = get_array_module(x)
@@ -165,7 +168,11 @@ def col2im_cm(cols, out, kernel, stride, pad, dilation, out_shape=None, slot=Non
 
 
 def col2im_cm_wide(cols, out, kernel, stride, pad, dilation, out_shape=None, slot=None):
-    """``caffeish.im2col.col2im_cm_wide`` on the GPU: wide columns (rows of the padded width) -> ``out``."""
+    """``caffeish.im2col.col2im_cm_wide`` on the GPU: wide columns (rows of the padded width) -> ``out``.
+
+    Wide columns have rows of the padded width Wp instead of OW; only their first OW entries are read (the
+    rest are the zeros a padded top gradient gives).
+    """
     if not col2im_applies(cols, out, kernel, stride, pad, dilation):
         return generic.col2im_cm_wide(cols, out, kernel, stride, pad, dilation, out_shape, slot=slot)
     n, c = out.shape[:2]

@@ -1,18 +1,5 @@
-"""MAX and AVE pooling on the GPU: Caffe's MaxPoolForward / AvePoolForward / *PoolBackward kernels.
-
-bottom x: (N, C, H, W); top y: (N, C, PH, PW), PH and PW as ``caffeish.layers.vision.pooling.pooled_size``
-gives them (ceil or floor mode, with Caffe's padding rule); window (ph, pw) starts at
-(ph sh - pad_h, pw sw - pad_w).
-
-    MAX: y = max of the window clipped to the image, scanned row-major from -FLT_MAX with a strict
-         '>' (the first maximum wins, NaN never does); mask = h W + w of that element, -1 if none.
-    AVE: y = sum of the window inside the image / (window clipped to [-pad, H + pad) x [-pad, W + pad))
-    backward: one thread per bottom element sums, over the windows containing it, the top
-         gradient (MAX: where the mask names it; AVE: divided by that window's size).  No atomics.
-
-Global pooling (one window per plane) uses one block per plane and a shared-memory reduction
-instead of one thread per (huge) window.  The mask is int32; float masks (the layer's second top)
-are converted by the caller.
+"""MAX and AVE pooling on the GPU: Caffe's MaxPoolForward / AvePoolForward / *PoolBackward kernels, run by
+``forward`` and ``backward`` on CuPy arrays, and a block-per-plane reduction for global pooling.
 """
 import numpy
 
@@ -195,7 +182,17 @@ def _is_global(geometry):
 def forward(x, y, geometry, is_max, mask=None):
     """Pool x (N, C, H, W) into y (N, C, PH, PW), both contiguous; MAX writes the int32 ``mask`` (y's shape).
 
-    ``geometry``: (H, W, PH, PW, kh, kw, sh, sw, pad_h, pad_w).
+    ``geometry``: (H, W, PH, PW, kh, kw, sh, sw, pad_h, pad_w).  PH and PW are as
+    ``caffeish.layers.vision.pooling.pooled_size`` gives them (ceil or floor mode, with Caffe's padding
+    rule); window (ph, pw) starts at (ph sh - pad_h, pw sw - pad_w).
+
+        MAX: y = max of the window clipped to the image, scanned row-major from -FLT_MAX with a strict
+             '>' (the first maximum wins, NaN never does); mask = h W + w of that element, -1 if none.
+        AVE: y = sum of the window inside the image / (window clipped to [-pad, H + pad) x [-pad, W + pad))
+
+    Global pooling (one window per plane) uses one block per plane and a shared-memory reduction
+    instead of one thread per (huge) window.  The mask is int32; float masks (the layer's second top)
+    are converted by the caller.
     """
     height, width, pooled_h, pooled_w, kh, kw, sh, sw, pad_h, pad_w = geometry
     if y.size == 0:
@@ -215,7 +212,11 @@ def forward(x, y, geometry, is_max, mask=None):
 
 
 def backward(dy, dx, geometry, is_max, mask=None):
-    """dx (N, C, H, W), overwritten, from dy (N, C, PH, PW); MAX routes by the int32 ``mask``."""
+    """dx (N, C, H, W), overwritten, from dy (N, C, PH, PW); MAX routes by the int32 ``mask``.
+
+    One thread per bottom element sums, over the windows containing it, the top gradient (MAX: where the
+    mask names it; AVE: divided by that window's size).  No atomics.
+    """
     height, width, pooled_h, pooled_w, kh, kw, sh, sw, pad_h, pad_w = geometry
     dy = kernels.contiguous(dy)
     common = (dx.shape[1], height, width, pooled_h, pooled_w, kh, kw, sh, sw, pad_h, pad_w)
