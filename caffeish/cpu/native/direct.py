@@ -1,15 +1,6 @@
-"""A 2-D convolution run by the native kernels on all threads: what Convolution and Deconvolution call.
-
-``DirectConvolution.make`` says whether (and how) a layer's convolution runs here: 2-D, numpy, float32 or
-float64, the library built, a kernel larger than 1x1 and at least ``MIN_OUTPUTS`` output positions; unit
-strides directly, other strides through ``StridePhases`` where the zero taps those add cost at most
-``STRIDED_WASTE``.  Its three passes -- ``forward``, ``weight_gradient`` and
-``data_gradient`` -- are the convolution's; Deconvolution runs them with the roles of input and output
-swapped (its forward is a convolution's data gradient).
-
-Threads: runs of whole images when there are at least as many images as threads (weight gradients summed
-per run and added in a fixed order), else every image's outputs (forward, data gradient) and its weight
-gradient's rows dealt out (deployment at batch 1).
+"""A 2-D convolution run by the native kernels on all threads (``DirectConvolution``): what Convolution and
+Deconvolution call, with strided layers turned into unit-stride ones over their input's stride phases
+(``StridePhases``).
 """
 import numpy
 
@@ -24,8 +15,7 @@ MIN_OUTPUTS = 64
 #: A 1x1 kernel's columns are its input (no im2col to spare): a plain GEMM is the tool.
 POINTWISE_TO_GEMM = True
 #: Strided layers run over their input's stride phases when that adds at most this factor of multiply-adds on
-#: zero taps. Measured (batch 8, fwd / bwd ms, phases vs GEMMs): 7x7 / 2 (1.31) on 3x224x224 13.8 / 34.5 vs
-#: 17.7 / 41.3; 3x3 / 2 (1.78) on 128x56x56 20.6 / 49.7 vs 12.8 / 29.2. CaffeNet's 11x11 / 4 is 1.19.
+#: zero taps (see bench/README.md, Tuning history).
 STRIDED_WASTE = 1.5
 
 
@@ -118,7 +108,19 @@ class StridePhases:
 
 class DirectConvolution:
     """One layer's 2-D convolution: x (num, channels, *spatial) -> y (num, num_output, *out_shape) with weights
-    (num_output, channels / group, *kernel), by the native kernels.  Build it with ``make``."""
+    (num_output, channels / group, *kernel), by the native kernels.  Build it with ``make``.
+
+    ``make`` (and ``plan``, which also says why not) says whether (and how) a layer's convolution runs here: 2-D,
+    numpy, float32 or float64, the library built, a kernel larger than 1x1 and at least ``MIN_OUTPUTS`` output
+    positions; unit strides directly, other strides through ``StridePhases`` where the zero taps those add cost
+    at most ``STRIDED_WASTE``.  Its three passes -- ``forward``, ``weight_gradient`` and ``data_gradient`` --
+    are the convolution's; Deconvolution runs them with the roles of input and output swapped (its forward is a
+    convolution's data gradient).
+
+    Threads: runs of whole images when there are at least as many images as threads (weight gradients summed
+    per run and added in a fixed order), else every image's outputs (forward, data gradient) and its weight
+    gradient's rows dealt out (deployment at batch 1).
+    """
 
     def __init__(self, num, channels, num_output, group, kernel, stride, pad, dilation, spatial, out_shape):
         self.num, self.channels, self.num_output, self.group = num, channels, num_output, group
@@ -131,7 +133,7 @@ class DirectConvolution:
         self.back_pad = tuple(d * (k - 1) - q for k, d, q in zip(unit_kernel, self.dilation, unit_pad))
         self.covers_data_gradient = min(self.back_pad) >= 0
         macs = num * num_output * _count(out_shape) * (channels // group) * _count(kernel)
-        self.work = macs // 16  # parallel_for's units: a split pays from ~2M multiply-adds (~20 us of a core)
+        self.work = macs // 16  # the multiply-adds in parallel_for's units (see bench/README.md, Tuning history)
 
     @classmethod
     def make(cls, xp, dtype, num, channels, num_output, group, kernel, stride, pad, dilation, spatial, out_shape):
