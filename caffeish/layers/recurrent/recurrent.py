@@ -1,30 +1,5 @@
-"""Recurrent layers: RNN, LSTM (Caffe's RecurrentLayer family) and LSTMUnit, computed step by step.
-
-Caffe builds an unrolled net; this computes the same function directly, one vectorised step per time step.
-
-RNN / LSTM bottoms: x (T, N, ...) -- everything from axis 2 on is one input of D values; cont (T, N),
-where cont[t, n] == 0 starts a new sequence (the state carried into step t is multiplied by cont[t, n]);
-optionally x_static (N, ...), added to every step's pre-activation; with ``recurrent_param.expose_hidden``
-the initial state follows: h_0 (1, N, H) for RNN, h_0 and c_0 (1, N, H) for LSTM.
-Tops: the outputs (T, N, H); with expose_hidden also the final state (h_T for RNN, h_T and c_T for LSTM).
-H = ``recurrent_param.num_output``.
-
-    LSTM  gates_t = W_xc x_t + b_c [+ W_xc_static x_static] + W_hc (cont_t h_{t-1});
-          i, f, o = sigmoid(gates[0:H], [H:2H], [2H:3H]); g = tanh(gates[3H:4H])   (Caffe's LSTMUnit order)
-          c_t = cont_t f c_{t-1} + i g;  h_t = o tanh(c_t);  top = h.
-          Parameters, in Caffe's order: W_xc (4H, D), b_c (4H,), [W_xc_static (4H, D_static)], W_hc (4H, H).
-    RNN   h_t = tanh(W_xh x_t + b_h [+ W_xh_static x_static] + W_hh (cont_t h_{t-1}));
-          o_t = tanh(W_ho h_t + b_o);  top = o.
-          Parameters: W_xh (H, D), b_h (H,), [W_xh_static (H, D_static)], W_hh (H, H), W_ho (H, H), b_o (H,).
-
-As in Caffe: without expose_hidden the state at the end of one forward pass is the initial state of the next
-(zeros at first; ``reset()`` zeroes it), so cont == 0 at a sequence's first step is what separates
-sequences.  Gradients flow into x, x_static and the parameters, never across forward passes: with
-expose_hidden, the diffs of the h_T/c_T tops are ignored and h_0/c_0 receive no gradient (zero diff), which
-is what Caffe's unrolled net does.  Backpropagating into cont is an error.
-
-LSTMUnit bottoms: c_prev (1, N, H), gates x (1, N, 4H) (pre-activation, order i, f, o, g), cont (1, N);
-tops: c (1, N, H), h (1, N, H) -- one step of the formula above.
+"""The recurrent layers (Caffe's RecurrentLayer family): RNN and LSTM, and LSTMUnit (one LSTM step).  Caffe
+builds an unrolled net; this computes the same function directly, one vectorised step per time step.
 """
 import numpy
 
@@ -63,7 +38,21 @@ def lstm_step_backward(xp, acts, c_prev, tanh_c, cont, dc, dh):
 
 
 class _RecurrentLayer(Layer):
-    """What RNN and LSTM share: blob counts, shapes, parameters, the carried state, the input transforms."""
+    """What RNN and LSTM share: blob counts, shapes, parameters, the carried state, the input transforms.
+
+    Bottoms: x (T, N, ...) -- everything from axis 2 on is one input of D values; cont (T, N), where
+    cont[t, n] == 0 starts a new sequence (the state carried into step t is multiplied by cont[t, n]);
+    optionally x_static (N, ...), added to every step's pre-activation; with ``recurrent_param.expose_hidden``
+    the initial state follows: h_0 (1, N, H) for RNN, h_0 and c_0 (1, N, H) for LSTM.
+    Tops: the outputs (T, N, H); with expose_hidden also the final state (h_T for RNN, h_T and c_T for LSTM).
+    H = ``recurrent_param.num_output``.
+
+    As in Caffe: without expose_hidden the state at the end of one forward pass is the initial state of the
+    next (zeros at first; ``reset()`` zeroes it), so cont == 0 at a sequence's first step is what separates
+    sequences.  Gradients flow into x, x_static and the parameters, never across forward passes: with
+    expose_hidden, the diffs of the h_T/c_T tops are ignored and h_0/c_0 receive no gradient (zero diff),
+    which is what Caffe's unrolled net does.  Backpropagating into cont is an error.
+    """
     #: names of the recurrent state blobs, in Caffe's bottom/top order
     state_names = ("h",)
     #: rows of the input weight matrices, as a multiple of num_output (4 for the LSTM's gates)
@@ -221,6 +210,13 @@ class _RecurrentLayer(Layer):
 
 @register_layer("LSTM")
 class LSTMLayer(_RecurrentLayer):
+    """LSTM (bottoms and tops: see ``_RecurrentLayer``).
+
+        gates_t = W_xc x_t + b_c [+ W_xc_static x_static] + W_hc (cont_t h_{t-1});
+        i, f, o = sigmoid(gates[0:H], [H:2H], [2H:3H]); g = tanh(gates[3H:4H])   (Caffe's LSTMUnit order)
+        c_t = cont_t f c_{t-1} + i g;  h_t = o tanh(c_t);  top = h.
+        Parameters, in Caffe's order: W_xc (4H, D), b_c (4H,), [W_xc_static (4H, D_static)], W_hc (4H, H).
+    """
     state_names = ("h", "c")
 
     def param_specs(self, weight_filler, bias_filler):
@@ -274,6 +270,12 @@ class LSTMLayer(_RecurrentLayer):
 
 @register_layer("RNN")
 class RNNLayer(_RecurrentLayer):
+    """RNN (bottoms and tops: see ``_RecurrentLayer``).
+
+        h_t = tanh(W_xh x_t + b_h [+ W_xh_static x_static] + W_hh (cont_t h_{t-1}));
+        o_t = tanh(W_ho h_t + b_o);  top = o.
+        Parameters: W_xh (H, D), b_h (H,), [W_xh_static (H, D_static)], W_hh (H, H), W_ho (H, H), b_o (H,).
+    """
     state_names = ("h",)
 
     def param_specs(self, weight_filler, bias_filler):
@@ -329,6 +331,11 @@ class RNNLayer(_RecurrentLayer):
 
 @register_layer("LSTMUnit")
 class LSTMUnitLayer(Layer):
+    """LSTMUnit: one step of the LSTM formula (see ``LSTMLayer``).
+
+    Bottoms: c_prev (1, N, H), gates x (1, N, 4H) (pre-activation, order i, f, o, g), cont (1, N);
+    tops: c (1, N, H), h (1, N, H).
+    """
     exact_num_bottom = 3
     exact_num_top = 2
 
