@@ -73,12 +73,12 @@ class _Measured(DataParallel):
         super().__init__(*args, **kw)
         self.done_bytes = self.total_bytes = 0
 
-    def _gradients_ready(self, loss):
-        for bucket in self.buckets:
+    def wait_for_sums(self, handles):
+        for bucket, handle in self.started():
             self.total_bytes += bucket.nbytes
-            if bucket.handle is not None and bucket.handle.Test():
+            if self.reducer.done([handle]):
                 self.done_bytes += bucket.nbytes
-        return super()._gradients_ready(loss)
+        return super().wait_for_sums(handles)
 
 
 class LeNetRun:

@@ -271,6 +271,11 @@ class Replicas:
         self._started[k] = handle, arrays
         self._active.append(handle)
 
+    def started(self):
+        """[(bucket, handle)] for the buckets whose sums have started this iteration (what ``wait_for_sums`` waits
+        for; ``bench/allreduce.py`` reads how many were already done when the backward pass ended)."""
+        return [(self.buckets[k], handle) for k, (handle, _) in self._started.items()]
+
     def wait_for_sums(self, handles):
         """Wait until the reducer has summed every bucket (``handles``: what its ``start`` returned)."""
         while not self.reducer.done(handles):
