@@ -1,9 +1,4 @@
-"""Embed: a lookup table.  y[..., :] = W[x[...], :] (+ b).
-
-bottom: integer indices in [0, input_dim), stored as floats, any shape; top: bottom's shape plus
-num_output.  Weights are input_dim x num_output (InnerProduct's, transposed), the bias num_output.
-There is no gradient with respect to the indices: asking for one is an error, as in Caffe.
-"""
+"""The Embed layer (Caffe's EmbedLayer): a lookup table, one learned row of weights per input index."""
 from ...backend import get_array_module
 from ...errors import CaffeishError
 from ...layer import Layer, ParamBlob, register_layer
@@ -11,6 +6,12 @@ from ...layer import Layer, ParamBlob, register_layer
 
 @register_layer("Embed")
 class EmbedLayer(Layer):
+    """Embed: a lookup table.  y[..., :] = W[x[...], :] (+ b).
+
+    bottom: integer indices in [0, input_dim), stored as floats, any shape; top: bottom's shape plus
+    num_output.  Weights are input_dim x num_output (InnerProduct's, transposed), the bias num_output.
+    There is no gradient with respect to the indices: asking for one is an error, as in Caffe.
+    """
     exact_num_bottom = 1
     exact_num_top = 1
 

@@ -1,10 +1,4 @@
-"""InnerProduct (fully connected): y = x W^T + b.
-
-bottom: any shape; everything from ``axis`` on is flattened, so the layer does
-M = count(:axis) inner products of length K = count(axis:).  top: bottom's
-shape up to ``axis``, then num_output (N).  Weights are N x K, or K x N when
-``transpose`` is set; the bias has N elements.
-"""
+"""The InnerProduct layer (Caffe's InnerProductLayer): fully connected, y = x W^T + b."""
 from ...backend import get_array_module
 from ...errors import CaffeishError
 from ...cpu import workspace
@@ -13,6 +7,13 @@ from ...layer import Layer, ParamBlob, register_layer
 
 @register_layer("InnerProduct")
 class InnerProductLayer(Layer):
+    """InnerProduct (fully connected): y = x W^T + b.
+
+    bottom: any shape; everything from ``axis`` on is flattened, so the layer does
+    M = count(:axis) inner products of length K = count(axis:).  top: bottom's
+    shape up to ``axis``, then num_output (N).  Weights are N x K, or K x N when
+    ``transpose`` is set; the bias has N elements.
+    """
     exact_num_bottom = 1
     exact_num_top = 1
 
@@ -46,9 +47,9 @@ class InnerProductLayer(Layer):
         self.M = bottom[0].count_range(0, axis)
         top[0].reshape(bottom[0].shape[:axis] + (self.num_output,))
 
-    # OpenBLAS splits a GEMM's threads over the rows of its output; with few rows (a small batch M)
-    # it barely uses the second core.  So when M is the smaller side, each product is computed
-    # transposed -- (A B)^T = B^T A^T -- into a work buffer and copied back (a small array).
+    # OpenBLAS splits a GEMM's threads over the rows of its output, so when M is the smaller side each product
+    # is computed transposed -- (A B)^T = B^T A^T -- into a work buffer and copied back (a small array); see
+    # bench/README.md, Tuning history.
     def forward(self, bottom, top):
         x = bottom[0].data.reshape(self.M, self.K)
         xp = get_array_module(x)
