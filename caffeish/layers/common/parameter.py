@@ -1,7 +1,5 @@
 """The Parameter layer (Caffe's ParameterLayer): no bottom; its one top is the layer's learned blob."""
-from ...blob import Blob
-from ...errors import CaffeishError
-from ...layer import Layer, register_layer
+from ...layer import Layer, ParamBlob, register_layer
 
 
 @register_layer("Parameter")
@@ -17,12 +15,7 @@ class ParameterLayer(Layer):
 
     def layer_setup(self, bottom, top):
         shape = tuple(int(d) for d in self.param.parameter_param.shape.dim)
-        if not self.blobs:
-            self.blobs = [Blob(shape, dtype=self.dtype, name=f"{self.name}[0]")]
-        elif len(self.blobs) != 1 or self.blobs[0].shape != shape:
-            raise CaffeishError(f"Parameter with parameter_param.shape {shape} needs one blob of that shape, "
-                                f"but the layer has {[b.shape for b in self.blobs]}")
-        self.param_propagate_down = [True]
+        self.init_params([ParamBlob("parameter", shape, None)], f"with parameter_param.shape {shape}")
 
     def reshape(self, bottom, top):
         top[0].reshape(self.blobs[0].shape)

@@ -44,5 +44,5 @@ def test_parameter_backward_accumulates():
 
 def test_parameter_given_blob_must_match():
     layer = make_layer('type: "Parameter" parameter_param { shape { dim: 4 } } blobs { shape { dim: 3 } }')
-    with pytest.raises(CaffeishError, match="needs one blob"):
+    with pytest.raises(CaffeishError, match=r"needs parameter blob 0 \(parameter\) of shape \(4,\), but it has shape \(3,\)"):
         layer.setup([], empty())
