@@ -83,8 +83,8 @@ def applies(x, kernel, stride, pad, dilation):
     """Whether the kernels handle this case (CuPy float arrays, 1 or 2 spatial axes).
 
     1-D signals (N, C, W) run as images of height 1.  Other ranks, dtypes, or sizes beyond 32-bit indices go
-    to the generic path (exactly when ``im2col_applies`` / ``col2im_applies`` are False, so that the generic
-    functions may dispatch here on those predicates without a loop).
+    to the generic functions of ``caffeish.im2col`` (exactly when ``im2col_applies`` / ``col2im_applies`` are
+    False), which the functions here call themselves: the GPU's convolution engines need only this module.
     """
     return (kernels.usable(x) and x.ndim in (3, 4)
             and all(len(v) == x.ndim - 2 for v in (kernel, stride, pad, dilation)))
