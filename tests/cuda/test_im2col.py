@@ -2,7 +2,6 @@
 import numpy
 import pytest
 
-from caffeish import backend
 from caffeish import im2col as generic
 from caffeish.cuda import im2col as cuda_im2col
 from cuda_helpers import assert_close, compiled, needs_gpu
@@ -18,10 +17,7 @@ CASES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def cpu_after():
-    yield
-    backend.set_mode_cpu()
+pytestmark = pytest.mark.usefixtures("restore_cpu_mode")  # the tests switch to the GPU
 
 
 @needs_gpu

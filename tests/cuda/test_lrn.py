@@ -15,10 +15,7 @@ CASES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def cpu_after():
-    yield
-    backend.set_mode_cpu()
+pytestmark = pytest.mark.usefixtures("restore_cpu_mode")  # the tests switch to the GPU
 
 
 def _run(params, shape, dtype, in_place):

@@ -9,10 +9,7 @@ from helpers import empty, make_layer
 CASES = POOLING_CASES
 
 
-@pytest.fixture(autouse=True)
-def cpu_after():
-    yield
-    backend.set_mode_cpu()
+pytestmark = pytest.mark.usefixtures("restore_cpu_mode")  # the tests switch to the GPU
 
 
 def _run(method, params, shape, dtype, tops, values="ties"):

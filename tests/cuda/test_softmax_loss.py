@@ -18,10 +18,7 @@ LOSS_PARAMS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def cpu_after():
-    yield
-    backend.set_mode_cpu()
+pytestmark = pytest.mark.usefixtures("restore_cpu_mode")  # the tests switch to the GPU
 
 
 def _run(params, scores_shape, axis, dtype, labels=None, tops=2):

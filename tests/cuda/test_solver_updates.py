@@ -10,10 +10,7 @@ from caffeish import backend, caffe_pb2
 from caffeish.prototxt import parse_text
 from cuda_helpers import NET, REGULARIZATION, SOLVERS, assert_close, compiled, needs_gpu, on_cpu_and_gpu, solver_steps
 
-@pytest.fixture(autouse=True)
-def cpu_after():
-    yield
-    backend.set_mode_cpu()
+pytestmark = pytest.mark.usefixtures("restore_cpu_mode")  # the tests switch to the GPU
 
 
 @needs_gpu

@@ -100,10 +100,7 @@ def assert_close(a, b, rtol=1e-4, atol=1e-6):
         numpy.testing.assert_allclose(x, y, rtol=rtol, atol=atol, err_msg=f"parameter {i}")
 
 
-@pytest.fixture(autouse=True)
-def cpu_mode():
-    yield
-    caffeish.set_mode_cpu()
+pytestmark = pytest.mark.usefixtures("restore_cpu_mode")  # the tests switch to the GPU
 
 
 @pytest.mark.parametrize("source", ["lmdb", "hdf5"])

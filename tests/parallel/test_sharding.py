@@ -2,7 +2,6 @@
 
 No MPI here: each rank's layer is made in this process with ``set_shard(rank, N)``.
 """
-import gc
 import json
 
 import h5py
@@ -14,18 +13,7 @@ from PIL import Image
 import caffeish
 from caffeish import CaffeishError
 from caffeish import io as cio
-from caffeish.layers.data.prefetch import live_prefetch_threads
 from helpers import empty, make_layer
-
-
-@pytest.fixture
-def opened():
-    made = []
-    yield made
-    for layer in made:
-        layer.close()
-    gc.collect()
-    assert not live_prefetch_threads()
 
 
 def hdf5_source(tmp_path):
