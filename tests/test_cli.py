@@ -7,15 +7,13 @@ import sys
 
 import pytest
 
+from helpers import caffeish_run
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def caffeish(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "caffeish", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"caffeish {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
-    return proc
+    return caffeish_run(*args, check=check, pythonpath=str(ROOT), timeout=300)
 
 
 def test_time_prints_caffe_shaped_report():
