@@ -1,19 +1,6 @@
-"""Dataset converters: Caffe's convert_imageset, convert_mnist_data, convert_cifar_data, plus npz and LevelDB.
-
-Each converter turns its input into records (``Record``: key, label, and either a C x H x W
-uint8/float array or an encoded image) and hands them to ``write_records``, which
-builds the database at a temporary path (``atomic_db_path``) with the writer of the
-registered backend named ``backend`` (``caffeish.data.db``), logs "Processed N files."
-as Caffe does, and renames it into place at the end.
-
-With ``backend="lmdb"`` every record becomes a serialized Datum (uint8 pixels in
-``data``, anything else in ``float_data``).  With ``backend="hdf5"`` the arrays go
-to ``data``/``label`` datasets of ``.h5`` files plus a ``list.txt`` for an HDF5Data
-layer's ``source``.  What a backend cannot hold (encoded images, images of several
-sizes, non-integer labels) is refused with a message saying so.
-
-``convert_leveldb`` copies a LevelDB of Caffe's into an LMDB record for record (the keys and the
-serialized Datums as they are), through the read-only ``LevelDB`` of ``caffeish.data.leveldb_backend``.
+"""Dataset converters: Caffe's convert_imageset, convert_mnist_data, convert_cifar_data, plus npz and LevelDB;
+each turns its input into records and builds a database of a registered backend from them, atomically
+(``write_records``).
 """
 import dataclasses
 import gzip
@@ -52,6 +39,18 @@ def write_records(db_path, records, **options):
 
     Returns a Summary.  ``records`` may raise CaffeishError midway, or the disk fill up: nothing then
     appears at ``db_path`` (and an older database there is kept).  Options: see ``_write_records``.
+
+    Each converter turns its input into records (``Record``: key, label, and either a C x H x W
+    uint8/float array or an encoded image) and hands them to ``write_records``, which
+    builds the database at a temporary path (``atomic_db_path``) with the writer of the
+    registered backend named ``backend`` (``caffeish.data.db``), logs "Processed N files."
+    as Caffe does, and renames it into place at the end.
+
+    With ``backend="lmdb"`` every record becomes a serialized Datum (uint8 pixels in
+    ``data``, anything else in ``float_data``).  With ``backend="hdf5"`` the arrays go
+    to ``data``/``label`` datasets of ``.h5`` files plus a ``list.txt`` for an HDF5Data
+    layer's ``source``.  What a backend cannot hold (encoded images, images of several
+    sizes, non-integer labels) is refused with a message saying so.
     """
     try:
         return _write_records(db_path, records, **options)
@@ -385,8 +384,8 @@ def convert_leveldb(src, db_path, *, overwrite=False, log_every=COMMIT_EVERY, ma
     """Copy the LevelDB ``src`` (Caffe's: keys and serialized Datums) into a new LMDB at ``db_path``.
 
     Every record keeps its key and value byte for byte, in key order (as Caffe's Data layer reads both).
-    The LMDB is built at a temporary path and renamed into place when complete.  Needs plyvel, the
-    ``[leveldb]`` extra.
+    The LMDB is built at a temporary path and renamed into place when complete.  The LevelDB is read through
+    the read-only ``LevelDB`` of ``caffeish.data.leveldb_backend``, which needs plyvel, the ``[leveldb]`` extra.
     """
     final = os.path.abspath(os.fspath(db_path))
     if os.path.abspath(os.fspath(src)) == final:

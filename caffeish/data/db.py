@@ -1,47 +1,6 @@
-"""The databases Caffe's data comes in, behind one interface and a registry of backends.
-
-``DATABASES`` holds one ``DatabaseBackend`` per kind of database (LMDB, HDF5, LevelDB: the
-``*_backend`` modules of this package, each registering itself); ``open_db``, ``sniff_backend``,
-``backend_name``, the converters, ``caffeish convert``/``extract-features`` and the Data layer look
-backends up there, by name, alias, ``DataParameter.DB`` value or what is on disk.
-
-Reading (what the Data layer and ``compute-mean`` use)::
-
-    db = open_db("examples/mnist/mnist_train_lmdb")          # backend "lmdb", mode "r"
-    cur = db.cursor()                                         # positioned on the first record
-    while cur.valid():
-        key, value = cur.key(), cur.value()                   # bytes, a serialized Datum
-        cur.next()                                            # False once past the last record
-    cur.seek_first()                                          # start over (a Data layer wraps this way)
-    len(db), db.get(b"00000000"), db.close()
-
-Writing (what the converters use)::
-
-    db = open_db(tmp_path, "lmdb", "w")
-    db.put_record(Record(key, label, array))                  # or, Caffe's way, for LMDB:
-    txn = db.transaction()
-    txn.put(key, datum.SerializeToString())                   # committed every ``batch_size`` puts
-    txn.commit()                                              # commits the rest
-    db.close()                                                # (``abort()`` drops a failed build)
-
-An LMDB writer starts with a modest map and doubles it whenever LMDB reports
-``MapFullError``, so a conversion never fails with ``MDB_MAP_FULL``.
-
-HDF5 holds arrays, not key/value records: a converter writes ``data`` and
-``label`` datasets into ``.h5`` files plus a ``list.txt`` naming them (the
-``source`` of an HDF5Data layer).  Opened for reading, such a directory, list
-file or single ``.h5`` file shows the same cursor, yielding one serialized Datum
-per row, so tools like ``compute-mean`` work on either backend.
-
-LevelDB, Caffe's older default, is registered so that its name, its ``DataParameter.DB`` value and
-its directories are known, but ``open_db`` and the Data layer refuse it (``refusal``): its reader
-serves ``caffeish convert leveldb``, which copies such a database into an LMDB.
-
-Adding a backend: a module ``caffeish/data/<name>_backend.py`` with a ``DatabaseBackend`` subclass
-decorated ``@register_backend``; importing ``caffeish.data`` imports every ``*_backend`` module.
-
-``atomic_db_path`` builds a database at a temporary sibling path and renames
-it into place only when the build succeeds.
+"""The databases Caffe's data comes in (LMDB, HDF5, LevelDB), behind one interface (``open_db``) and a registry
+of backends (``DATABASES``); ``atomic_db_path`` builds a database at a temporary sibling path and renames it into
+place only when the build succeeds.
 """
 import contextlib
 import dataclasses
@@ -77,7 +36,20 @@ NO, MAYBE, SURE = 0, 1, 2
 
 class DatabaseBackend:
     """One kind of database as the registry knows it.  A backend module subclasses this, sets the class
-    attributes and the methods it supports, and decorates the subclass with ``@register_backend``."""
+    attributes and the methods it supports, and decorates the subclass with ``@register_backend``.
+
+    ``DATABASES`` holds one ``DatabaseBackend`` per kind of database (LMDB, HDF5, LevelDB: the
+    ``*_backend`` modules of this package, each registering itself); ``open_db``, ``sniff_backend``,
+    ``backend_name``, the converters, ``caffeish convert``/``extract-features`` and the Data layer look
+    backends up there, by name, alias, ``DataParameter.DB`` value or what is on disk.
+
+    LevelDB, Caffe's older default, is registered so that its name, its ``DataParameter.DB`` value and
+    its directories are known, but ``open_db`` and the Data layer refuse it (``refusal``): its reader
+    serves ``caffeish convert leveldb``, which copies such a database into an LMDB.
+
+    Adding a backend: a module ``caffeish/data/<name>_backend.py`` with a ``DatabaseBackend`` subclass
+    decorated ``@register_backend``; importing ``caffeish.data`` imports every ``*_backend`` module.
+    """
 
     name = ""                   # its registry name, lower case: what ``--backend`` and ``open_db`` take
     aliases = ()                # other names it answers to ("h5")
@@ -234,6 +206,34 @@ def open_db(path, backend="lmdb", mode="r", **options):
     True: refuse an empty database or one whose first value is not a Datum).  Writing options: those of
     the backend's ``open_writer`` (LMDB ``map_size``, ``batch_size``, ``name``; HDF5 ``rows_per_file``,
     ``list_prefix``, ``batch_size``).
+
+    Reading (what the Data layer and ``compute-mean`` use)::
+
+        db = open_db("examples/mnist/mnist_train_lmdb")          # backend "lmdb", mode "r"
+        cur = db.cursor()                                         # positioned on the first record
+        while cur.valid():
+            key, value = cur.key(), cur.value()                   # bytes, a serialized Datum
+            cur.next()                                            # False once past the last record
+        cur.seek_first()                                          # start over (a Data layer wraps this way)
+        len(db), db.get(b"00000000"), db.close()
+
+    Writing (what the converters use)::
+
+        db = open_db(tmp_path, "lmdb", "w")
+        db.put_record(Record(key, label, array))                  # or, Caffe's way, for LMDB:
+        txn = db.transaction()
+        txn.put(key, datum.SerializeToString())                   # committed every ``batch_size`` puts
+        txn.commit()                                              # commits the rest
+        db.close()                                                # (``abort()`` drops a failed build)
+
+    An LMDB writer starts with a modest map and doubles it whenever LMDB reports
+    ``MapFullError``, so a conversion never fails with ``MDB_MAP_FULL``.
+
+    HDF5 holds arrays, not key/value records: a converter writes ``data`` and
+    ``label`` datasets into ``.h5`` files plus a ``list.txt`` naming them (the
+    ``source`` of an HDF5Data layer).  Opened for reading, such a directory, list
+    file or single ``.h5`` file shows the same cursor, yielding one serialized Datum
+    per row, so tools like ``compute-mean`` work on either backend.
     """
     if mode == "r" and not os.path.lexists(os.fspath(path)):
         recover_interrupted_build(path)  # a killed `convert --overwrite` may have left it aside

@@ -1,20 +1,5 @@
-"""DataTransformer: Caffe's TransformationParameter, applied to whole batches at once.
-
-For each image (C, H, W), exactly as Caffe's ``DataTransformer::Transform``:
-
-- ``mirror``: the image is flipped left-right with probability 1/2, in TRAIN and TEST alike;
-- ``crop_size``: a ``crop x crop`` window at a random offset in TRAIN (``h_off`` uniform in
-  ``[0, H - crop]``, ``w_off`` likewise), at the centre in TEST (``h_off = (H - crop) // 2``);
-- the mean is subtracted before cropping: pixel (c, h, w) of the output is
-  ``(x[c, h_off + h, w_off + w] - mean[c, h_off + h, w_off + w]) * scale`` with ``mean_file``
-  (a BlobProto of the full image size), ``(x - mean_value[c]) * scale`` with ``mean_value`` (one
-  value for all channels or one per channel), or ``x * scale``;
-- ``force_color`` / ``force_gray`` decode encoded Datums as 3-channel BGR / 1-channel images.
-
-Random numbers come from a ``numpy.random.Generator`` passed in (no global state).  For a batch of
-``n`` images ``draw`` takes, in this order: ``n`` mirror flags (only if ``mirror``), then ``n`` row
-offsets and ``n`` column offsets (only in TRAIN with ``crop_size``).  A loop that draws the same
-way reproduces a batch exactly.
+"""DataTransformer: Caffe's TransformationParameter (mirror, crop, mean, scale), applied to whole batches at once
+with random numbers from a generator passed in.
 """
 import logging
 
@@ -87,7 +72,24 @@ def crop_batch(x, mirror, h_off, w_off, height, width):
 
 
 class DataTransformer:
-    """Caffe's TransformationParameter for one phase; ``transform_batch(x, rng)`` does the work."""
+    """Caffe's TransformationParameter for one phase; ``transform_batch(x, rng)`` does the work.
+
+    For each image (C, H, W), exactly as Caffe's ``DataTransformer::Transform``:
+
+    - ``mirror``: the image is flipped left-right with probability 1/2, in TRAIN and TEST alike;
+    - ``crop_size``: a ``crop x crop`` window at a random offset in TRAIN (``h_off`` uniform in
+      ``[0, H - crop]``, ``w_off`` likewise), at the centre in TEST (``h_off = (H - crop) // 2``);
+    - the mean is subtracted before cropping: pixel (c, h, w) of the output is
+      ``(x[c, h_off + h, w_off + w] - mean[c, h_off + h, w_off + w]) * scale`` with ``mean_file``
+      (a BlobProto of the full image size), ``(x - mean_value[c]) * scale`` with ``mean_value`` (one
+      value for all channels or one per channel), or ``x * scale``;
+    - ``force_color`` / ``force_gray`` decode encoded Datums as 3-channel BGR / 1-channel images.
+
+    Random numbers come from a ``numpy.random.Generator`` passed in (no global state).  For a batch of
+    ``n`` images ``draw`` takes, in this order: ``n`` mirror flags (only if ``mirror``), then ``n`` row
+    offsets and ``n`` column offsets (only in TRAIN with ``crop_size``).  A loop that draws the same
+    way reproduces a batch exactly.
+    """
 
     def __init__(self, param=None, phase=TRAIN, dtype=numpy.float32):
         self.param = caffe_pb2.TransformationParameter()

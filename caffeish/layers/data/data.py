@@ -1,20 +1,5 @@
-"""Data: batches of Datums from a database (an LMDB, as Caffe's DataLayer reads, or any other registered
-backend's), read ahead on a thread.
-
-``data_param``: ``source`` (the database), ``batch_size``, ``backend`` (a ``DataParameter.DB`` value of a
-registered backend, ``caffeish.data.db``: LMDB; LEVELDB is refused with how to convert it; left unset,
-the registered backends recognise the database: an LMDB or HDF5 directory), ``rand_skip`` (skip a
-random number of records in ``[0, rand_skip)`` at the start), ``prefetch`` (batches read ahead,
-default 4; 0 reads on the main thread).  Tops: ``data`` (N, C, H', W') and optionally ``label`` (N,).
-In data-parallel training each rank reads every N-th record (``set_shard``; see
-``caffeish.layers.data.prefetch``).
-
-Records are raw Datums (uint8 ``data`` or ``float_data``) or encoded ones (an image file, decoded
-to BGR), as Caffe's convert_imageset writes them.  Reading wraps around at the end of the database.
-The top shape comes from the first Datum and the transform; each batch takes the shape of its own
-first Datum, and the Datums of one batch must share it (with ``crop_size`` only their channels must
-match, as in Caffe).  The deprecated ``data_param`` ``scale``/``mean_file``/``crop_size``/``mirror``
-are honoured when there is no ``transform_param``.
+"""The Data layer (Caffe's DataLayer): batches of Datums from a database (an LMDB, or any other registered
+backend's), read ahead on a thread (``DatumReader``).
 """
 import numpy
 
@@ -148,6 +133,24 @@ class DatumReader(Reader):
 
 @register_layer("Data")
 class DataLayer(PrefetchingDataLayer):
+    """Data: batches of Datums from a database (an LMDB, as Caffe's DataLayer reads, or any other registered
+    backend's), read ahead on a thread.
+
+    ``data_param``: ``source`` (the database), ``batch_size``, ``backend`` (a ``DataParameter.DB`` value of a
+    registered backend, ``caffeish.data.db``: LMDB; LEVELDB is refused with how to convert it; left unset,
+    the registered backends recognise the database: an LMDB or HDF5 directory), ``rand_skip`` (skip a
+    random number of records in ``[0, rand_skip)`` at the start), ``prefetch`` (batches read ahead,
+    default 4; 0 reads on the main thread).  Tops: ``data`` (N, C, H', W') and optionally ``label`` (N,).
+    In data-parallel training each rank reads every N-th record (``set_shard``; see
+    ``caffeish.layers.data.prefetch``).
+
+    Records are raw Datums (uint8 ``data`` or ``float_data``) or encoded ones (an image file, decoded
+    to BGR), as Caffe's convert_imageset writes them.  Reading wraps around at the end of the database.
+    The top shape comes from the first Datum and the transform; each batch takes the shape of its own
+    first Datum, and the Datums of one batch must share it (with ``crop_size`` only their channels must
+    match, as in Caffe).  The deprecated ``data_param`` ``scale``/``mean_file``/``crop_size``/``mirror``
+    are honoured when there is no ``transform_param``.
+    """
     min_top = 1
     max_top = 2
 
