@@ -1,9 +1,9 @@
-"""``caffeish convert``: build LMDB or HDF5 databases from images, MNIST, CIFAR, npz arrays or a LevelDB.
+"""``caffeish convert``: build LMDB or HDF5 databases from images, MNIST, CIFAR, npz arrays or a LevelDB; every
+database is built at a temporary path and renamed into place only when complete.
 
-``caffeish convert imageset ROOT/ LIST DB`` is Caffe's ``convert_imageset ROOT/ LIST DB`` (its
-single-dash flags work too: ``-resize_height 32 -shuffle -backend lmdb``).  ``caffeish convert leveldb
-SRC DST`` copies a LevelDB of Caffe's (its older default backend) into an LMDB.  Every database is built
-at a temporary path and renamed into place only when complete.
+``caffeish convert imageset ROOT/ LIST DB`` is Caffe's ``convert_imageset ROOT/ LIST DB`` (its single-dash flags
+work too: ``-resize_height 32 -shuffle -backend lmdb``).  ``caffeish convert leveldb SRC DST`` copies a LevelDB of
+Caffe's (its older default backend) into an LMDB.
 """
 import click
 

@@ -1,26 +1,6 @@
-"""``caffeish extract-features``: Caffe's ``tools/extract_features`` -- blobs of a trained net into databases.
-
-::
-
-    caffeish extract-features WEIGHTS MODEL BLOB[,BLOB...] DB[,DB...] NUM_BATCHES [lmdb|hdf5] [CPU|GPU] [DEVICE_ID]
-
-is Caffe's ``extract_features pretrained_net_param feature_extraction_proto_file blob1[,blob2,...]
-db1[,db2,...] num_mini_batches db_type [CPU/GPU] [DEVICE_ID=0]`` (``--backend`` and ``--gpu`` work too).
-The net (MODEL in its TEST phase, its own data layer feeding it, WEIGHTS copied in) runs NUM_BATCHES
-forward passes; after each, every image's slice of each named blob becomes one record of that blob's
-database, the images numbered on across batches:
-
-* ``lmdb`` (the default): a Datum with the values in ``float_data`` and the blob's Caffe shape per image
-  (``channels``, ``height``, ``width``: Blob::channels()/height()/width(), so an N x D blob gives D x 1 x 1
-  and an N x C x H x W blob C x H x W), under the key ``%010d`` of the image's index, as Caffe writes them.
-* ``hdf5``: what ``caffeish convert --backend hdf5`` builds -- a directory of ``data_00000.h5`` files with
-  a ``data`` dataset (images x C x H x W, float32, in the LMDB's key order) and a ``label`` dataset of
-  zeros (features carry no label; a Datum's label is 0 as well), plus ``list.txt`` naming the files (the
-  ``source`` of an HDF5Data layer; ``compute-mean`` and ``open_db`` read it too).
-
-Every database is built at a temporary path beside its final one and renamed into place only after the
-last batch, so an interrupted or failed run leaves no database behind (and an existing one, replaced with
-``--overwrite``, stays as it was).
+"""``caffeish extract-features``: Caffe's ``tools/extract_features`` -- blobs of a trained net into databases, each
+named blob one record per image in its own LMDB or HDF5 database (``extract_features``), Caffe's positional
+arguments accepted as well (``parse_caffe_tail``).
 """
 import contextlib
 import logging
@@ -66,7 +46,15 @@ def _backend(name):
 
 def parse_caffe_tail(args, backend_option, gpu_option_value):
     """Caffe's trailing positionals ``[db_type] [CPU|GPU] [DEVICE_ID]`` merged with ``--backend``/``--gpu``;
-    returns (backend name, gpu spec or None)."""
+    returns (backend name, gpu spec or None).
+
+    ::
+
+        caffeish extract-features WEIGHTS MODEL BLOB[,BLOB...] DB[,DB...] NUM_BATCHES [lmdb|hdf5] [CPU|GPU] [DEVICE_ID]
+
+    is Caffe's ``extract_features pretrained_net_param feature_extraction_proto_file blob1[,blob2,...]
+    db1[,db2,...] num_mini_batches db_type [CPU/GPU] [DEVICE_ID=0]`` (``--backend`` and ``--gpu`` work too).
+    """
     rest = list(args)
     db_type = rest.pop(0) if rest and rest[0].upper() not in ("CPU", "GPU") else None
     mode = rest.pop(0).upper() if rest else None
@@ -135,7 +123,24 @@ class _FeatureDB:
 
 def extract_features(net, blob_names, db_paths, num_batches, backend="lmdb", overwrite=False):
     """Run ``net`` ``num_batches`` times and write each named blob, image by image, into its database
-    (built atomically); returns the finished ``_FeatureDB`` of each blob."""
+    (built atomically); returns the finished ``_FeatureDB`` of each blob.
+
+    The net (MODEL in its TEST phase, its own data layer feeding it, WEIGHTS copied in) runs NUM_BATCHES
+    forward passes; after each, every image's slice of each named blob becomes one record of that blob's
+    database, the images numbered on across batches:
+
+    * ``lmdb`` (the default): a Datum with the values in ``float_data`` and the blob's Caffe shape per image
+      (``channels``, ``height``, ``width``: Blob::channels()/height()/width(), so an N x D blob gives D x 1 x 1
+      and an N x C x H x W blob C x H x W), under the key ``%010d`` of the image's index, as Caffe writes them.
+    * ``hdf5``: what ``caffeish convert --backend hdf5`` builds -- a directory of ``data_00000.h5`` files with
+      a ``data`` dataset (images x C x H x W, float32, in the LMDB's key order) and a ``label`` dataset of
+      zeros (features carry no label; a Datum's label is 0 as well), plus ``list.txt`` naming the files (the
+      ``source`` of an HDF5Data layer; ``compute-mean`` and ``open_db`` read it too).
+
+    Every database is built at a temporary path beside its final one and renamed into place only after the
+    last batch, so an interrupted or failed run leaves no database behind (and an existing one, replaced with
+    ``--overwrite``, stays as it was).
+    """
     finals = [os.path.abspath(os.fspath(p)) for p in db_paths]
     try:
         with contextlib.ExitStack() as stack:
