@@ -1,9 +1,5 @@
-"""The Solver: Caffe's training loop, shared by every update rule.
-
-``apply_update`` is one sequence for all solver types -- learning rate for this
-iteration, clip gradients, normalize by ``iter_size``, regularize (L2/L1 with
-``decay_mult``), compute the update value, apply -- and a solver type overrides
-only ``compute_update_value`` (with its history blobs, which snapshots save).
+"""The Solver: Caffe's training loop, shared by every update rule (a solver type overrides only
+``compute_update_value``).
 """
 import logging
 import math
@@ -370,6 +366,13 @@ class Solver:
         return learning_rate(self.param, self.iter, self)
 
     def apply_update(self):
+        """One update of every parameter.
+
+        ``apply_update`` is one sequence for all solver types -- learning rate for this
+        iteration, clip gradients, normalize by ``iter_size``, regularize (L2/L1 with
+        ``decay_mult``), compute the update value, apply -- and a solver type overrides
+        only ``compute_update_value`` (with its history blobs, which snapshots save).
+        """
         rate = self.get_learning_rate()
         if self.param.display and self.iter % self.param.display == 0:
             log.info("Iteration %d, lr = %g", self.iter, rate)
