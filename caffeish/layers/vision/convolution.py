@@ -50,6 +50,18 @@ def conv_geometry(p, num_spatial):
     return kernel, stride, pad, dilation
 
 
+def window_setup(layer, bottom):
+    """The window geometry of a convolution_param (Convolution, Deconvolution, Im2col): sets channel_axis,
+    num_spatial and kernel / stride / pad / dilation, by Caffe's rules, checked."""
+    p = layer.param.convolution_param
+    layer.channel_axis = bottom[0].canonical_axis(p.axis)
+    layer.num_spatial = bottom[0].num_axes - layer.channel_axis - 1
+    if layer.num_spatial < 1:
+        raise CaffeishError(f"{layer.type} needs at least one spatial axis after the channel axis "
+                            f"{layer.channel_axis}, but the bottom has shape {bottom[0].shape}")
+    layer.kernel, layer.stride, layer.pad, layer.dilation = conv_geometry(p, layer.num_spatial)
+
+
 def base_conv_setup(layer, bottom, transposed=False):
     """Caffe's BaseConvolutionLayer::LayerSetUp, shared by Convolution and Deconvolution.
 
@@ -58,12 +70,7 @@ def base_conv_setup(layer, bottom, transposed=False):
     ``transposed`` (Deconvolution), and a (num_output,) bias.
     """
     p = layer.param.convolution_param
-    layer.channel_axis = bottom[0].canonical_axis(p.axis)
-    layer.num_spatial = bottom[0].num_axes - layer.channel_axis - 1
-    if layer.num_spatial < 1:
-        raise CaffeishError(f"{layer.type} needs at least one spatial axis after the channel axis "
-                            f"{layer.channel_axis}, but the bottom has shape {bottom[0].shape}")
-    layer.kernel, layer.stride, layer.pad, layer.dilation = conv_geometry(p, layer.num_spatial)
+    window_setup(layer, bottom)
     layer.channels = bottom[0].shape[layer.channel_axis]
     if not p.HasField("num_output") or p.num_output <= 0:
         raise CaffeishError("convolution_param needs a positive num_output")

@@ -3,7 +3,7 @@
 from ...errors import CaffeishError
 from ...im2col import col2im, conv_output_shape, im2col
 from ...layer import Layer, register_layer
-from .convolution import conv_geometry
+from .convolution import window_setup
 
 
 @register_layer("Im2col")
@@ -21,13 +21,7 @@ class Im2colLayer(Layer):
     exact_num_top = 1
 
     def layer_setup(self, bottom, top):
-        p = self.param.convolution_param
-        self.channel_axis = bottom[0].canonical_axis(p.axis)
-        self.num_spatial = bottom[0].num_axes - self.channel_axis - 1
-        if self.num_spatial < 1:
-            raise CaffeishError(f"Im2col needs at least one spatial axis after the channel axis "
-                                f"{self.channel_axis}, but the bottom has shape {bottom[0].shape}")
-        self.kernel, self.stride, self.pad, self.dilation = conv_geometry(p, self.num_spatial)
+        window_setup(self, bottom)
 
     def reshape(self, bottom, top):
         axis = self.channel_axis
