@@ -15,7 +15,7 @@ from .. import backend
 from ..errors import CaffeishError
 from ..proto import caffe_pb2
 from ..prototxt import read_binary_proto, write_binary_proto
-from ..weights import H5_ERRORS, atomic_h5, load_weights
+from ..weights import H5_ERRORS, atomic_h5, load_weights, save_net_hdf5
 
 log = logging.getLogger("caffeish")
 
@@ -106,3 +106,79 @@ def restore_solver_state(solver, path):
         except (ValueError, TypeError, KeyError, AttributeError) as e:  # JSON or a generator state of another shape
             raise CaffeishError(f"the solver state {path} holds a damaged resume state ({type(e).__name__}: {e}); "
                                 "resume from another snapshot") from None
+
+
+def write_snapshot(solver, model, state, hdf5=False):
+    """The solver's .caffemodel, then its .solverstate; (model, state), or None when writing failed.
+
+    Each file is written atomically, so a crash at any moment leaves every earlier snapshot whole (a crash
+    between the two files leaves a new .caffemodel beside the previous .solverstate, which still names its
+    own .caffemodel).  A write that fails (a full disk, a missing directory) removes what this snapshot
+    wrote, keeps the previous snapshot, and then raises a CaffeishError (``solver.on_snapshot_error =
+    "stop"``, the default) or logs it and returns None (``"continue"``).
+    """
+    written = None
+    try:
+        directory = os.path.dirname(model)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        written = model
+        if hdf5:
+            log.info("Snapshotting to HDF5 file %s", model)
+            save_net_hdf5(solver.net, model, solver.param.snapshot_diff)
+        else:
+            log.info("Snapshotting to binary proto file %s", model)
+            solver.net.save(model, write_diff=solver.param.snapshot_diff)
+        written = state
+        log.info("Snapshotting solver state to %s file %s", "HDF5" if hdf5 else "binary proto", state)
+        save_solver_state(solver, model, state, hdf5)
+    except OSError as e:
+        return _write_failed(solver, written or model, model if written == state else None, e)
+    return model, state
+
+
+def _write_failed(solver, path, orphan, error):
+    if orphan is not None:  # the model of a snapshot whose state could not be written
+        try:
+            os.unlink(orphan)
+        except OSError:
+            pass
+    reason = os.strerror(error.errno) if error.errno else str(error)
+    last = solver.last_snapshot
+    kept = f"the previous snapshot ({last[1]}) is kept" if last else "no earlier snapshot of this run was written"
+    if solver.on_snapshot_error == "continue":
+        log.error("Snapshot at iteration %d failed: cannot write %s: %s; %s. Training goes on "
+                  "(--on-snapshot-error continue).", solver.iter, path, reason, kept)
+        return None
+    resume = f" and resume with --snapshot {last[1]}" if last else ""
+    raise CaffeishError(f"cannot write the snapshot at iteration {solver.iter}: {reason}; {kept}. Free space (or "
+                        f"fix snapshot_prefix){resume}, or pass --on-snapshot-error continue to train on "
+                        "without snapshots", path=path) from None
+
+
+def resume_state(solver):
+    """Everything besides weights and history that decides what comes next: the host generator's state and
+    the layers' own (data readers' positions, shuffle orders), for exact resume."""
+    return {
+        "rng": backend.rng().bit_generator.state,
+        "train": _layer_states(solver.net),
+        "test": [_layer_states(n) for n in solver.test_nets],
+    }
+
+
+def set_resume_state(solver, state):
+    if "rng" in state:
+        backend.rng().bit_generator.state = state["rng"]
+    _set_layer_states(solver.net, state.get("train", {}))
+    for net, states in zip(solver.test_nets, state.get("test", [])):
+        _set_layer_states(net, states)
+
+
+def _layer_states(net):
+    return {layer.name: s for layer in net.layers if (s := layer.get_state()) is not None}
+
+
+def _set_layer_states(net, states):
+    for name, s in states.items():
+        if name in net.layer_dict:
+            net.layer_dict[name].set_state(s)

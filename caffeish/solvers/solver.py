@@ -20,7 +20,6 @@ from ..prototxt import read_net_param, read_solver_param
 from ..registry import Registry
 from ..upgrade import LEGACY_SOLVER_TYPES as LEGACY_TYPES  # noqa: F401  (kept importable from here)
 from ..upgrade import upgrade_solver_type  # noqa: F401  (Caffe's UpgradeSolverType; lives in caffeish.upgrade)
-from ..weights import save_net_hdf5
 from . import snapshot as snap
 from .lr_policy import learning_rate
 from .nan_guard import check_finite
@@ -491,62 +490,24 @@ class Solver:
         return f"{prefix}_iter_{self.iter}{extension}"
 
     def snapshot(self):
-        """Write the .caffemodel, then the .solverstate; returns their paths, or None when writing failed.
-
-        Each file is written atomically, so a crash at any moment leaves every earlier snapshot whole (a
-        crash between the two files leaves a new .caffemodel beside the previous .solverstate, which still
-        names its own .caffemodel).  A write that fails (a full disk, a missing directory) removes what this
-        snapshot wrote, keeps the previous snapshot, and then stops training with a CaffeishError
-        (``on_snapshot_error = "stop"``, the default) or logs it and trains on (``"continue"``).
-        """
+        """Write the .caffemodel, then the .solverstate (``snapshot.write_snapshot``: atomically; a failed write
+        keeps the previous snapshot and stops training or, with ``on_snapshot_error = "continue"``, is logged);
+        returns their paths, or None when none was written."""
         if False in self._call_back("before_snapshot"):
             return None
         hdf5 = self.param.snapshot_format == caffe_pb2.SolverParameter.HDF5
-        model = self.snapshot_filename(".caffemodel.h5" if hdf5 else ".caffemodel")
-        state = self.snapshot_filename(".solverstate.h5" if hdf5 else ".solverstate")
-        written = None
-        try:
-            directory = os.path.dirname(model)
-            if directory:
-                os.makedirs(directory, exist_ok=True)
-            written = model
-            if hdf5:
-                log.info("Snapshotting to HDF5 file %s", model)
-                save_net_hdf5(self.net, model, self.param.snapshot_diff)
-            else:
-                log.info("Snapshotting to binary proto file %s", model)
-                self.net.save(model, write_diff=self.param.snapshot_diff)
-            written = state
-            log.info("Snapshotting solver state to %s file %s", "HDF5" if hdf5 else "binary proto", state)
-            snap.save_solver_state(self, model, state, hdf5)
-        except OSError as e:
-            return self._snapshot_failed(written or model, model if written == state else None, e)
-        self.last_snapshot = (model, state)
+        written = snap.write_snapshot(self, self.snapshot_filename(".caffemodel.h5" if hdf5 else ".caffemodel"),
+                                      self.snapshot_filename(".solverstate.h5" if hdf5 else ".solverstate"), hdf5)
+        if written is None:
+            return None
+        self.last_snapshot = written
         self._call_back("after_snapshot", self.last_snapshot)
-        return model, state
+        return written
 
     #: What a failed snapshot write does: "stop" (raise CaffeishError) or "continue" (log it and train on).
     on_snapshot_error = "stop"
     #: (caffemodel, solverstate) of the last snapshot this solver wrote.
     last_snapshot = None
-
-    def _snapshot_failed(self, path, orphan, error):
-        if orphan is not None:  # the model of a snapshot whose state could not be written
-            try:
-                os.unlink(orphan)
-            except OSError:
-                pass
-        reason = os.strerror(error.errno) if error.errno else str(error)
-        kept = (f"the previous snapshot ({self.last_snapshot[1]}) is kept" if self.last_snapshot
-                else "no earlier snapshot of this run was written")
-        if self.on_snapshot_error == "continue":
-            log.error("Snapshot at iteration %d failed: cannot write %s: %s; %s. Training goes on "
-                      "(--on-snapshot-error continue).", self.iter, path, reason, kept)
-            return None
-        resume = f" and resume with --snapshot {self.last_snapshot[1]}" if self.last_snapshot else ""
-        raise CaffeishError(f"cannot write the snapshot at iteration {self.iter}: {reason}; {kept}. Free space (or "
-                            f"fix snapshot_prefix){resume}, or pass --on-snapshot-error continue to train on "
-                            "without snapshots", path=path) from None
 
     def restore(self, path):
         snap.restore_solver_state(self, path)
@@ -554,18 +515,10 @@ class Solver:
 
     # -- exact resume: everything besides weights and history that decides what comes next --
     def resume_state(self):
-        return {
-            "rng": backend.rng().bit_generator.state,
-            "train": _layer_states(self.net),
-            "test": [_layer_states(n) for n in self.test_nets],
-        }
+        return snap.resume_state(self)
 
     def set_resume_state(self, state):
-        if "rng" in state:
-            backend.rng().bit_generator.state = state["rng"]
-        _set_layer_states(self.net, state.get("train", {}))
-        for net, states in zip(self.test_nets, state.get("test", [])):
-            _set_layer_states(net, states)
+        snap.set_resume_state(self, state)
 
 
 _CALLBACK_POINTS = ("on_start", "on_gradients_ready", "before_snapshot", "after_snapshot")
@@ -586,18 +539,3 @@ class _Callback:
 def _dot(a, b):
     xp = backend.get_array_module(a)
     return xp.vdot(a.ravel(), b.ravel())
-
-
-def _layer_states(net):
-    states = {}
-    for layer in net.layers:
-        s = layer.get_state()
-        if s is not None:
-            states[layer.name] = s
-    return states
-
-
-def _set_layer_states(net, states):
-    for name, s in states.items():
-        if name in net.layer_dict:
-            net.layer_dict[name].set_state(s)
