@@ -74,11 +74,8 @@ class GemmConvolution:
         path is only taken when they are not much larger.)
         """
         layer = self.layer
-        per_image = max(1, layer.channels * math.prod(layer.kernel) * layer.out_count * layer.dtype.itemsize)
-        step = max(1, min(layer.num, COL_BUFFER_BYTES // per_image))
-        count = -(-max(layer.num, 1) // step)
-        step = -(-max(layer.num, 1) // count)  # equal chunks: the buffer is no larger than it must be
-        return [(i, min(i + step, layer.num)) for i in range(0, max(layer.num, 1), step)]
+        return image_ranges(layer.num, layer.channels * math.prod(layer.kernel) * layer.out_count *
+                            layer.dtype.itemsize)
 
     def flipped_weights(self, w):
         """(g, og, cg * kk) -> (g, cg, og * kk): flipped in space, input and output channels swapped."""
@@ -92,7 +89,7 @@ class GemmConvolution:
         """x (n, C, *spatial) -> channel-major columns (group, C/group * prod(kernel), n * prod(out))."""
         n, c = x.shape[:2]
         length = math.prod(out_shape)
-        if all(k == 1 and s == 1 and q == 0 for k, s, q in zip(kernel, stride, pad)):
+        if pointwise(kernel, stride, pad):
             if n == 1:
                 cols = x.reshape(c, -1)
             else:  # 1x1: the input is its own columns, transposed to channel-major
@@ -167,7 +164,7 @@ class GemmConvolution:
             self.backward_data_wide(w.swapaxes(1, 2), dy[start:stop], dx[start:stop])
         else:
             wt = w.swapaxes(1, 2)
-            is_1x1 = all(k == 1 and s == 1 and q == 0 for k, s, q in zip(layer.kernel, layer.stride, layer.pad))
+            is_1x1 = pointwise(layer.kernel, layer.stride, layer.pad)
             if is_1x1 and n == 1:
                 _gemm(xp, wt, dyt, dx[start].reshape(g, -1, L))
                 return
@@ -343,7 +340,7 @@ def data_path(layer):
     wide rows; "cols": the same with plain rows (strided last axis).  The estimate compares the
     column traffic: written once and read once by the GEMM, against written, then read and summed.
     """
-    if all(k == 1 and s == 1 and q == 0 for k, s, q in zip(layer.kernel, layer.stride, layer.pad)):
+    if pointwise(layer.kernel, layer.stride, layer.pad):
         return "cols"
     geometry = (layer.kernel, layer.stride, layer.pad, layer.dilation, layer.spatial)
     unit = all(s == 1 for s in layer.stride)
@@ -356,6 +353,20 @@ def data_path(layer):
         if correlated <= scattered:
             return "correlate"
     return "wide" if wide else "cols"
+
+
+def pointwise(kernel, stride, pad):
+    """A 1x1 kernel with unit stride and no padding: the input is its own columns."""
+    return all(k == 1 and s == 1 and q == 0 for k, s, q in zip(kernel, stride, pad))
+
+
+def image_ranges(num, bytes_per_image):
+    """[start, stop) ranges of equal numbers of images whose columns fit in COL_BUFFER_BYTES (one range for
+    ordinary batches): the work buffer is no larger than it must be."""
+    total = max(num, 1)
+    step = max(1, min(total, COL_BUFFER_BYTES // max(1, bytes_per_image)))
+    step = -(-total // -(-total // step))  # as many chunks as needed, all (but the last) equal
+    return [(i, min(i + step, num)) for i in range(0, total, step)]
 
 
 def _zeroed(dtype, slot, like):
@@ -401,10 +412,8 @@ class GemmDeconvolution:
     def chunks(self):
         """Image ranges whose column buffer fits in COL_BUFFER_BYTES."""
         layer = self.layer
-        per_image = max(1, layer.num_output * math.prod(layer.kernel) * math.prod(layer.spatial) *
-                        layer.dtype.itemsize)
-        step = max(1, min(layer.num, COL_BUFFER_BYTES // per_image))
-        return [(i, min(i + step, layer.num)) for i in range(0, max(layer.num, 1), step)]
+        return image_ranges(layer.num, layer.num_output * math.prod(layer.kernel) * math.prod(layer.spatial) *
+                            layer.dtype.itemsize)
 
     def weights(self):
         """(group, C / group, num_output / group * prod(kernel))"""
